@@ -1,0 +1,186 @@
+"""The ``ftpprobe`` command line (click).  Each command is thin: it parses
+options, calls the library, renders the report and sets the exit code.
+
+Exit codes (also the Nagios plugin convention): 0 no problem found, 1 a
+warning-level quirk present, 2 a critical one (no data connection possible),
+3 the probe itself failed (bad URL, refused connection, login failure, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import trio
+from tabulate import tabulate
+
+from . import __version__
+from .catalog import load_catalog
+from .errors import FtpProbeError
+from .findings import EXIT_PROBE_FAILED
+from .report import render_json, render_text
+from .runner import run_probes
+from .target import parse_target
+
+EPILOG_PROBE = """\b
+Examples:
+  ftpprobe probe ftp://ftp.example.net/
+  ftpprobe probe --json --samples 60 ftp://alice@ftp.example.net:2121/
+  ftpprobe probe --only pasv-lf,pasv-space-lf ftp://192.0.2.10/
+
+Credentials: put them in ~/.netrc (machine HOST login USER password PW) or
+FTPPROBE_USER / FTPPROBE_PASSWORD rather than on the command line.  Passwords
+never appear in any output.
+
+Exit codes: 0 no problem, 1 warning-level quirk, 2 critical (no data
+connection possible), 3 the probe itself failed."""
+
+
+def _progress(enabled: bool):
+    """Progress lines on stderr when it is a terminal; silent under cron."""
+    if not enabled or not sys.stderr.isatty():
+        return lambda message: None
+    return lambda message: click.echo(f"  .. {message}", err=True)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"ftpprobe: error: {message}", err=True)
+    sys.exit(EXIT_PROBE_FAILED)
+
+
+def _select(only: str | None):
+    probes = load_catalog()
+    if not only:
+        return probes
+    wanted = [name.strip() for name in only.split(",") if name.strip()]
+    known = {p.name for p in probes}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown probe(s) {', '.join(unknown)}; see `ftpprobe probes`", param_hint="--only")
+    return [p for p in probes if p.name in wanted]
+
+
+def common_options(fn):
+    fn = click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
+                      help="Seconds allowed for each connect and each reply; a line that gets no answer "
+                           "within it counts as stalled.")(fn)
+    fn = click.option("--deadline", type=click.FloatRange(1, 86400), default=120.0, show_default=True,
+                      help="Seconds for the whole run; probes still running then are reported as failed.")(fn)
+    fn = click.option("--max-sessions", type=click.IntRange(1, 64), default=4, show_default=True,
+                      help="Concurrent control sessions at most (lowered to what the server allows).")(fn)
+    fn = click.option("--trust-pasv-address", is_flag=True,
+                      help="Open passive data connections to the address named in 227 replies instead of "
+                           "the control peer's (off by default: a hostile server cannot aim the prober elsewhere).")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for scripts.")(fn)
+    fn = click.option("--no-netrc", is_flag=True, help="Do not read ~/.netrc for credentials.")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ftpprobe")
+def main() -> None:
+    """Tell, with evidence, why FTP breaks on a path.
+
+    ftpprobe opens FTP control sessions with variant line endings and command
+    spellings, maps passive port ranges with real data connections, and
+    reports which quirks of servers, NAT routers and their FTP ALGs are
+    present, each with the exact bytes sent and received.
+
+    Start with `ftpprobe demo` (no server of yours needed), then
+    `ftpprobe probe ftp://your.server/`.  `ftpprobe probes` lists what is sent.
+    """
+
+
+def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc):
+    try:
+        target = parse_target(url, use_netrc=not no_netrc)
+        probes = _select(only)
+        report = trio.run(lambda: run_probes(
+            target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
+            max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=_progress(not as_json)))
+    except FtpProbeError as exc:
+        _fail(str(exc))
+    click.echo(render_json(report) if as_json else render_text(report))
+    sys.exit(report.exit_code)
+
+
+@main.command(epilog=EPILOG_PROBE)
+@click.argument("url", metavar="ftp://[USER[:PASSWORD]@]HOST[:PORT]/")
+@click.option("--samples", type=click.IntRange(0, 100000), default=20, show_default=True,
+              help="Passive replies (PASV/EPSV) to sample for the range map; each is tried with a data connection.")
+@click.option("--only", metavar="NAMES", help="Comma-separated probe names to run (default: all).")
+@common_options
+def probe(url, samples, only, **options):
+    """Probe an FTP server end to end and report its quirks.
+
+    Runs every probe of the catalog (see `ftpprobe probes`), each in its own
+    control session, concurrently, and prints a table of findings (id, status,
+    evidence, advice) and the passive range map.
+    """
+    _run(url, only, samples=samples, **options)
+
+
+@main.command("map-pasv", epilog="Example:\n\n  ftpprobe map-pasv --samples 200 ftp://ftp.example.net/")
+@click.argument("url", metavar="ftp://[USER[:PASSWORD]@]HOST[:PORT]/")
+@click.option("--samples", type=click.IntRange(1, 100000), default=60, show_default=True,
+              help="Passive replies to sample.")
+@common_options
+def map_pasv(url, samples, **options):
+    """Map a server's passive port range.
+
+    Issues repeated PASV/EPSV across several control sessions at once, tries
+    each advertised port with a real data connection, and estimates the true
+    range (minimum-variance unbiased estimator for a uniform range), the
+    allocation pattern and which ports are unreachable.
+    """
+    _run(url, "pasv-map", samples=samples, **options)
+
+
+@main.command("probes")
+@click.option("--json", "as_json", is_flag=True, help="JSON list instead of a table.")
+def list_probes(as_json):
+    """List the probe catalog: what each probe sends and which quirk ids it decides."""
+    try:
+        probes = load_catalog()
+    except FtpProbeError as exc:
+        _fail(str(exc))
+    rows = [{"name": p.name, "action": p.action, "sends": p.sends(), "decides": list(p.decides),
+             "summary": p.summary} for p in probes]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(tabulate([[r["name"], r["sends"], "\n".join(r["decides"]) or "-", r["summary"]] for r in rows],
+                        headers=["probe", "sends", "decides", "summary"], tablefmt="simple_grid",
+                        maxcolwidths=[None, 30, None, 50]))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
+              help="Seconds for each reply (the stall probes wait this long).")
+def demo(as_json, timeout):
+    """Start a real pyftpdlib server on loopback, probe it, print the report, stop it.
+
+    The server has a deliberately small passive range (10 ports), a session
+    limit of 5 and a password account, so the report shows a range map and
+    real findings.  No FTP server of yours is needed.
+    """
+    from .demo import PyftpdlibServer
+    from .target import Target
+
+    import random
+
+    low = random.randrange(40000, 60000, 10)
+    with PyftpdlibServer(passive_ports=(low, low + 9), max_cons=5) as server:
+        target = Target(server.host, server.port, server.user, server.password, "demo")
+        if not as_json:
+            click.echo(f"demo: pyftpdlib on {server.host} port {server.port}, passive ports {low}-{low + 9}, "
+                       f"at most 5 sessions, user {server.user!r}\n", err=True)
+        report = trio.run(lambda: run_probes(target, timeout=timeout, samples=30,
+                                             progress=_progress(not as_json)))
+    click.echo(render_json(report) if as_json else render_text(report))
+    sys.exit(report.exit_code)
+
+
+

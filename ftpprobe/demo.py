@@ -1,0 +1,83 @@
+"""A real pyftpdlib server on loopback, for ``ftpprobe demo`` and the tests.
+
+:class:`PyftpdlibServer` runs pyftpdlib's own I/O loop in a thread, with a
+chosen passive port range (inclusive), session limit and accounts, and stops
+cleanly.  It is a real FTP server, not a stub: every byte ftpprobe sees comes
+from pyftpdlib's RFC 959 implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PyftpdlibServer:
+    """A pyftpdlib FTP server on ``host`` (port chosen by the kernel).
+
+    ``passive_ports``: inclusive ``(low, high)`` or ``None`` (kernel-chosen);
+    ``max_cons``: concurrent sessions (0 = unlimited); ``user``/``password``:
+    an account with read access besides anonymous (password random by
+    default); ``masquerade_address``: address to announce in 227 replies.
+    Use as a context manager; ``port`` is set once started.
+    """
+
+    host: str = "127.0.0.1"
+    passive_ports: tuple[int, int] | None = None
+    max_cons: int = 0
+    user: str = "demo"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    masquerade_address: str | None = None
+    anonymous: bool = True
+    port: int = 0
+
+    def __enter__(self) -> "PyftpdlibServer":
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.servers import FTPServer
+
+        logging.getLogger("pyftpdlib").setLevel(logging.CRITICAL)
+        self._home = tempfile.TemporaryDirectory(prefix="ftpprobe-demo-")
+        with open(os.path.join(self._home.name, "welcome.txt"), "w") as f:
+            f.write("served by ftpprobe demo\n")
+        os.mkdir(os.path.join(self._home.name, "pub"))
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(self.user, self.password, self._home.name, perm="elr")
+        if self.anonymous:
+            authorizer.add_anonymous(self._home.name, perm="elr")
+        handler = type("DemoHandler", (FTPHandler,), {})
+        handler.authorizer = authorizer
+        handler.banner = "ftpprobe demo server (pyftpdlib) ready."
+        if self.passive_ports:
+            handler.passive_ports = range(self.passive_ports[0], self.passive_ports[1] + 1)
+        if self.masquerade_address:
+            handler.masquerade_address = self.masquerade_address
+        handler.timeout = 60
+        self._server = FTPServer((self.host, 0), handler)
+        self._server.max_cons = self.max_cons
+        self.port = self._server.address[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="pyftpdlib", daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        # Drive pyftpdlib's I/O loop directly: serve_forever() reconfigures
+        # logging and prints a banner on every call.
+        while not self._stop.is_set():
+            self._server.ioloop.loop(timeout=0.05, blocking=False)
+        self._server.close_all()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._home.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"ftp://{self.host}:{self.port}/"

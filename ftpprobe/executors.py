@@ -1,0 +1,430 @@
+"""Executors: carry out one probe of the catalog against a server, record what happened.
+
+Each action (``command``, ``passive``, ``active``, ``bounce``, ``listing``,
+``auth-tls``, ``session-limit``, ``pasv-map``) is an async function
+``(ctx, probe) -> Observation``.  Executors observe; they never decide a
+quirk (that is :mod:`ftpprobe.inference`).  Each opens its own control
+session(s) through :meth:`ProbeContext.session`, which respects the server's
+session limit and backs off on 421.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
+
+import trio
+
+from .catalog import Probe
+from .codec import Command, encode_eprt, encode_port, escape, parse_227, parse_229, replace_argument
+from .data import MAX_DATA_BYTES, ActiveListener, connect_passive, passive_target, probe_passive_port, read_all
+from .errors import FtpProbeError, ProtocolError
+from .passive import PassiveSample
+from .target import Target
+from .transport import ControlSession, Exchange
+
+#: Back-off before retrying a session the server refused with 421, seconds.
+BACKOFF = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class Observation:
+    """What one probe saw.
+
+    ``exchanges``: every command of the probe's own session(s) with its
+    outcome; ``data``: action-specific results (JSON-able); ``error``: set
+    when the probe could not run (connect or login failed), with the message.
+    """
+
+    probe: str
+    exchanges: list[Exchange] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+    error: str = ""
+    elapsed: float = 0.0
+
+    @property
+    def first(self) -> Exchange | None:
+        """The probe's own command (the first exchange after login)."""
+        return self.data.get("_probe_exchange")
+
+
+class SessionRefused(FtpProbeError):
+    """The server refused a session with 421 after every back-off."""
+
+
+@dataclass
+class ProbeContext:
+    """Everything executors share for one run against one target.
+
+    ``timeout``: seconds for each connect and each reply; ``samples``: passive
+    replies to collect in ``pasv-map``; ``limiter``: caps concurrent control
+    sessions (its ``total_tokens`` shrinks when the server answers 421);
+    ``trust_pasv_address``: connect data channels to the advertised address
+    instead of the control peer's.
+    """
+
+    target: Target
+    timeout: float = 5.0
+    samples: int = 20
+    max_sessions: int = 4
+    trust_pasv_address: bool = False
+    limiter: trio.CapacityLimiter = field(default=None)  # type: ignore[assignment]
+    refusals: list[str] = field(default_factory=list)
+    progress: Callable[[str], None] = lambda message: None
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = trio.CapacityLimiter(self.max_sessions)
+
+    @asynccontextmanager
+    async def session(self, *, login: bool = True) -> AsyncIterator[ControlSession]:
+        """A greeted (and, if asked, logged-in) control session holding a limiter slot.
+
+        On a 421 greeting the slot count shrinks by one and the session is retried
+        after :data:`BACKOFF`.  Raises :class:`ConnectFailed`, :class:`LoginFailed`,
+        :class:`SessionRefused`, :class:`ReplyTimeout`, :class:`PeerClosed`.
+        """
+        async with self.limiter:
+            for attempt, pause in enumerate((*BACKOFF, None)):
+                s = await ControlSession.open(self.target.host, self.target.port, self.timeout)
+                try:
+                    greeting = await s.greet()
+                except BaseException:
+                    await s.aclose()
+                    raise
+                if greeting.code == 421:
+                    await s.aclose()
+                    self.refusals.append(greeting.display(120))
+                    if self.limiter.total_tokens > 1:
+                        self.limiter.total_tokens -= 1
+                    if pause is None:
+                        raise SessionRefused(f"server refused the session: {greeting.display(120)}")
+                    await trio.sleep(pause)
+                    continue
+                if greeting.code != 220:
+                    await s.aclose()
+                    raise ProtocolError(f"unexpected greeting {greeting.display(120)}")
+                break
+            try:
+                if login:
+                    await s.login(self.target.user, self.target.password)
+                yield s
+            finally:
+                await s.aclose()
+
+
+Action = Callable[[ProbeContext, Probe], Awaitable[Observation]]
+ACTIONS: dict[str, Action] = {}
+
+
+def action(name: str) -> Callable[[Action], Action]:
+    def register(fn: Action) -> Action:
+        ACTIONS[name] = fn
+        return fn
+    return register
+
+
+def _evidence_exchanges(session: ControlSession, skip_login: bool = True) -> list[Exchange]:
+    return [ex for ex in session.history if not (skip_login and ex.sent.startswith(("USER ", "PASS ")))]
+
+
+@action("command")
+async def run_command(ctx: ProbeContext, probe: Probe) -> Observation:
+    """Send the probe's command variant in a fresh session and record the outcome.
+
+    After the variant, a canonical ``NOOP`` tells whether the session survived.
+    """
+    obs = Observation(probe.name)
+    async with ctx.session(login=probe.login) as s:
+        assert probe.command is not None
+        ex = await s.exchange(probe.command)
+        obs.data["_probe_exchange"] = ex
+        if ex.outcome == "reply":
+            after = await s.exchange(Command("NOOP"))
+            obs.data["alive_after"] = after.outcome == "reply"
+        obs.exchanges = _evidence_exchanges(s)
+    return obs
+
+
+@action("passive")
+async def run_passive(ctx: ProbeContext, probe: Probe) -> Observation:
+    """PASV/EPSV variant, then a data connection to the port it names."""
+    obs = Observation(probe.name)
+    async with ctx.session(login=probe.login) as s:
+        assert probe.command is not None
+        ex = await s.exchange(probe.command)
+        obs.data["_probe_exchange"] = ex
+        if ex.reply is not None and ex.reply.code in (227, 229):
+            try:
+                if ex.reply.code == 229:
+                    address, port = None, parse_229(ex.reply)
+                else:
+                    address, port = parse_227(ex.reply)
+            except ProtocolError as exc:
+                obs.data["parse_error"] = str(exc)
+            else:
+                host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
+                result = await probe_passive_port(host, port, ctx.timeout)
+                obs.data.update(port=port, connected=result.connected, data_error=result.error,
+                                data_host=host)
+        obs.exchanges = _evidence_exchanges(s)
+    return obs
+
+
+def _active_argument(verb: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str | None:
+    if verb.upper() == "PORT":
+        return encode_port(address, port) if address.version == 4 else None
+    return encode_eprt(address, port)
+
+
+async def _transfer_reply(s: ControlSession, listener: ActiveListener, timeout: float) -> tuple[Exchange, dict]:
+    """Send LIST and, at the same time, wait for the server's data connection.
+
+    Returns the LIST exchange and a dict: ``connected``, ``source`` (address,
+    port), ``bytes``, ``final`` (the reply after the transfer).
+    """
+    result: dict = {"connected": False}
+    accept_scope = trio.CancelScope()
+
+    async def accept() -> None:
+        with accept_scope:
+            stream, info = await listener.accept(timeout)
+            result["connected"] = info.connected
+            if stream is None:
+                result["accept_error"] = info.error
+                return
+            result["source"] = list(info.peer or ())
+            async with stream:
+                _data, total, truncated, _ = await read_all(stream, timeout)
+            result["bytes"], result["truncated"] = total, truncated
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        list_ex = await s.exchange(Command("LIST"))
+        transferring = list_ex.reply is not None and 100 <= list_ex.reply.code < 200
+        if not transferring:
+            accept_scope.cancel()  # refused (425/5xx) or no answer: no connection is coming
+    if transferring:
+        try:
+            result["final"] = (await s.read_reply(timeout)).display(100)
+        except FtpProbeError as exc:
+            result["final"] = f"no final reply: {exc}"
+    return list_ex, result
+
+
+@action("active")
+async def run_active(ctx: ProbeContext, probe: Probe) -> Observation:
+    """PORT/EPRT naming our own address and a real listener, then LIST.
+
+    Records whether the data connection arrived and its source port
+    (RFC 959 §3.3: by default L-1, i.e. 20 for control port 21).
+    """
+    obs = Observation(probe.name)
+    assert probe.command is not None
+    async with ctx.session(login=probe.login) as s:
+        local = s.local_address
+        async with ActiveListener(str(local)) as listener:
+            argument = _active_argument(probe.command.verb, local, listener.port)
+            if argument is None:
+                obs.data["skipped"] = f"{probe.command.verb} cannot name the IPv6 address {local}"
+                return obs
+            cmd = replace_argument(probe.command, argument)
+            ex = await s.exchange(cmd)
+            obs.data["_probe_exchange"] = ex
+            obs.data.update(listen=[str(local), listener.port], control_port=s.port)
+            if ex.reply is not None and ex.reply.code == 200:
+                _list_ex, result = await _transfer_reply(s, listener, ctx.timeout)
+                obs.data.update(result)
+        obs.exchanges = _evidence_exchanges(s)
+    return obs
+
+
+@action("bounce")
+async def run_bounce(ctx: ProbeContext, probe: Probe) -> Observation:
+    """PORT naming a third-party address; never followed by a transfer command."""
+    obs = Observation(probe.name)
+    assert probe.command is not None
+    async with ctx.session(login=probe.login) as s:
+        local = s.local_address
+        foreign = probe.params["foreign_ipv4"] if local.version == 4 else probe.params["foreign_ipv6"]
+        port = int(probe.params.get("foreign_port", 40000))
+        verb = probe.command.verb if local.version == 4 else "EPRT"
+        cmd = replace_argument(Command(verb, line_ending=probe.command.line_ending),
+                               _active_argument(verb, ipaddress.ip_address(foreign), port))
+        ex = await s.exchange(cmd)
+        obs.data["_probe_exchange"] = ex
+        obs.data["foreign"] = [foreign, port]
+        obs.exchanges = _evidence_exchanges(s)
+    return obs
+
+
+_UNIX_LIST = r"^[-dlcbpsD?][-rwxsStTlL?]{9}[+.@]?\s"
+_DOS_LIST = r"^\d{2}-\d{2}-\d{2,4}\s+\d{1,2}:\d{2}\s*([AaPp][Mm])?\s+(<DIR>|\d+)\s"
+
+
+@action("listing")
+async def run_listing(ctx: ProbeContext, probe: Probe) -> Observation:
+    """FEAT, then LIST over a passive data connection (1 MiB read at most)."""
+    obs = Observation(probe.name)
+    async with ctx.session(login=probe.login) as s:
+        feat = await s.exchange(Command("FEAT"))
+        features = feat.reply.text.upper() if feat.reply and feat.reply.code == 211 else ""
+        obs.data["mlsd"] = "MLSD" in features or "MLST" in features
+        pasv = await s.exchange(Command("EPSV" if s.peer_address.version == 6 else "PASV"))
+        if pasv.reply is None or pasv.reply.code not in (227, 229):
+            obs.data["no_passive"] = pasv.describe()
+            obs.exchanges = _evidence_exchanges(s)
+            return obs
+        try:
+            address, port = (None, parse_229(pasv.reply)) if pasv.reply.code == 229 else parse_227(pasv.reply)
+        except ProtocolError as exc:
+            obs.data["no_passive"] = str(exc)
+            obs.exchanges = _evidence_exchanges(s)
+            return obs
+        host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
+        stream, result = await connect_passive(host, port, ctx.timeout)
+        if stream is None:
+            obs.data["no_passive"] = result.error
+            obs.exchanges = _evidence_exchanges(s)
+            return obs
+        async with stream:
+            ex = await s.exchange(Command("LIST"))
+            if ex.reply is not None and 100 <= ex.reply.code < 200:
+                data, total, truncated, timed_out = await read_all(stream, ctx.timeout, MAX_DATA_BYTES)
+                obs.data.update(bytes=total, truncated=truncated, data_timed_out=timed_out)
+            else:
+                data = b""
+        if ex.reply is not None and 100 <= ex.reply.code < 200:
+            try:
+                await s.read_reply()
+            except FtpProbeError:
+                pass
+        lines = [l for l in data.decode("latin-1").splitlines() if l.strip() and not l.startswith("total ")]
+        odd = [l for l in lines if not (re.match(_UNIX_LIST, l) or re.match(_DOS_LIST, l))]
+        obs.data.update(lines=len(lines), unparseable=[escape(l.encode("latin-1"))[:100] for l in odd[:3]],
+                        unparseable_count=len(odd),
+                        style="unix" if lines and any(re.match(_UNIX_LIST, l) for l in lines) else
+                              "dos" if lines and any(re.match(_DOS_LIST, l) for l in lines) else "none")
+        obs.exchanges = _evidence_exchanges(s)
+    return obs
+
+
+@action("auth-tls")
+async def run_auth_tls(ctx: ProbeContext, probe: Probe) -> Observation:
+    """FEAT and AUTH TLS before login; the session is closed without a handshake."""
+    obs = Observation(probe.name)
+    assert probe.command is not None
+    async with ctx.session(login=False) as s:
+        feat = await s.exchange(Command("FEAT"))
+        obs.data["feat_auth_tls"] = bool(feat.reply and feat.reply.code == 211 and "AUTH TLS" in feat.reply.text.upper())
+        ex = await s.exchange(probe.command)
+        obs.data["_probe_exchange"] = ex
+        obs.exchanges = _evidence_exchanges(s)
+    obs.data["user"] = ctx.target.user
+    obs.data["anonymous"] = ctx.target.anonymous
+    return obs
+
+
+@action("session-limit")
+async def run_session_limit(ctx: ProbeContext, probe: Probe) -> Observation:
+    """Hold up to ``max_sessions`` logged-in sessions at once; stop at the first refusal.
+
+    Runs alone (``exclusive``), so the count is this prober's only.  Bypasses
+    the limiter on purpose: finding the limit is the point.
+    """
+    obs = Observation(probe.name)
+    wanted = int(probe.params.get("max_sessions", 8))
+    sessions: list[ControlSession] = []
+    try:
+        for i in range(wanted):
+            try:
+                s = await ControlSession.open(ctx.target.host, ctx.target.port, ctx.timeout)
+            except FtpProbeError as exc:
+                obs.data["refused"] = f"session {i + 1}: {exc}"
+                break
+            sessions.append(s)
+            try:
+                greeting = await s.greet()
+                if greeting.code != 220:
+                    obs.data["refused"] = f"session {i + 1}: {greeting.display(120)}"
+                    break
+                if probe.login:
+                    await s.login(ctx.target.user, ctx.target.password)
+            except FtpProbeError as exc:
+                obs.data["refused"] = f"session {i + 1}: {exc}"
+                break
+            obs.data["accepted"] = i + 1
+    finally:
+        obs.data.setdefault("accepted", 0)
+        obs.data["tried"] = wanted
+        banner = sessions[0].greeting.text if sessions and sessions[0].greeting else ""
+        obs.data["banner"] = banner[:200]
+        for s in sessions:
+            await s.aclose()
+    return obs
+
+
+@action("pasv-map")
+async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
+    """Collect ``ctx.samples`` passive replies over several concurrent sessions.
+
+    Every advertised port is tried with a real data connection (to the control
+    peer's address unless ``trust_pasv_address``).  Sessions alternate PASV
+    and EPSV; a session whose EPSV is refused keeps to PASV.
+    """
+    obs = Observation(probe.name)
+    samples: list[PassiveSample] = []
+    errors: list[str] = []
+    order = itertools.count()
+    remaining = [ctx.samples]
+    workers = max(1, min(ctx.max_sessions, ctx.limiter.total_tokens, ctx.samples))
+
+    async def worker(index: int) -> None:
+        try:
+            async with ctx.session(login=probe.login) as s:
+                verbs = ["PASV", "EPSV"] if s.peer_address.version == 4 else ["EPSV"]
+                for turn in itertools.count():
+                    if remaining[0] <= 0:
+                        return
+                    remaining[0] -= 1
+                    verb = verbs[turn % len(verbs)]
+                    n = next(order)
+                    ex = await s.exchange(Command(verb))
+                    if ex.reply is None:
+                        errors.append(f"session {index}: {ex.describe()}")
+                        return
+                    try:
+                        if ex.reply.code == 229:
+                            address, port = None, parse_229(ex.reply)
+                        elif ex.reply.code == 227:
+                            address, port = parse_227(ex.reply)
+                        else:
+                            if verb == "EPSV" and len(verbs) > 1:
+                                verbs.remove("EPSV")
+                                remaining[0] += 1  # the refused EPSV does not count as a sample
+                                continue
+                            errors.append(f"session {index}: {ex.describe()}")
+                            return
+                    except ProtocolError as exc:
+                        errors.append(f"session {index}: {exc}")
+                        continue
+                    host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
+                    result = await probe_passive_port(host, port, ctx.timeout)
+                    samples.append(PassiveSample(order=n, session=index, command=verb, port=port,
+                                                 address=str(address) if address else None,
+                                                 reachable=result.connected, error=result.error))
+                    ctx.progress(f"pasv-map: {len(samples)}/{ctx.samples} samples")
+        except FtpProbeError as exc:
+            errors.append(f"session {index}: {exc}")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(workers):
+            nursery.start_soon(worker, i)
+    obs.data["samples"] = samples
+    obs.data["errors"] = errors
+    obs.data["sessions"] = workers
+    return obs

@@ -1,0 +1,403 @@
+"""Inference: observations in, findings out.  Pure functions, no network.
+
+Each rule decides one quirk id of the catalog from the observations of the
+probes named in the probe files' ``decides`` lists.  A rule whose probe did
+not run or failed returns ``skipped`` or ``inconclusive`` with the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+
+from .executors import Observation
+from .findings import Finding
+from .passive import PassiveMap, analyze, format_ranges
+
+Observations = dict[str, Observation]
+Rule = Callable[[Observations, dict], Finding]
+RULES: dict[str, Rule] = {}
+
+#: The passive range width over which forwarding by hand is impractical.
+WIDE_RANGE = 1000
+
+SERVER_OPTIONS = ("vsftpd pasv_min_port/pasv_max_port, pure-ftpd -p MIN:MAX, "
+                  "proftpd PassivePorts, pyftpdlib passive_ports")
+ADDRESS_OPTIONS = ("vsftpd pasv_address, pure-ftpd -P, proftpd MasqueradeAddress, "
+                   "pyftpdlib masquerade_address")
+
+
+def rule(quirk: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        RULES[quirk] = fn
+        return fn
+    return register
+
+
+def _missing(quirk: str, obs: Observation | None, probe: str) -> Finding | None:
+    """A skipped/inconclusive finding if the probe did not run or failed."""
+    if obs is None:
+        return Finding(quirk, "skipped", [f"probe {probe} was not run"])
+    if obs.error:
+        return Finding(quirk, "inconclusive", [f"probe {probe} failed: {obs.error}"])
+    return None
+
+
+def _reply_code(obs: Observation) -> int | None:
+    ex = obs.first
+    return ex.reply.code if ex is not None and ex.reply is not None else None
+
+
+def _variant_rule(quirk: str, probe: str, *, present_when: str, advice: str) -> Rule:
+    """Rule for a server command variant, compared with canonical PASV.
+
+    ``present_when="refused"``: present if the variant gets no positive reply
+    while canonical PASV did; ``"accepted"``: present if the variant gets a
+    positive reply.
+    """
+
+    def decide(observations: Observations, context: dict) -> Finding:
+        obs = observations.get(probe)
+        if (missing := _missing(quirk, obs, probe)):
+            return missing
+        assert obs is not None
+        ex = obs.first
+        evidence = [ex.describe()] if ex else []
+        code = _reply_code(obs)
+        accepted = code is not None and 200 <= code < 300
+        if present_when == "accepted":
+            return Finding(quirk, "present" if accepted else "absent", evidence, advice if accepted else "")
+        baseline = observations.get("pasv-crlf")
+        if baseline is None or _reply_code(baseline) is None or not 200 <= (_reply_code(baseline) or 0) < 300:
+            base = baseline.first.describe() if baseline and baseline.first else "not run"
+            return Finding(quirk, "inconclusive", evidence + [f"canonical PASV: {base}"],
+                           "canonical PASV did not work either; fix that first")
+        evidence.append(f"canonical: {baseline.first.describe()}")  # type: ignore[union-attr]
+        return Finding(quirk, "absent" if accepted else "present", evidence, "" if accepted else advice)
+
+    return decide
+
+
+RULES["server.bare-lf-rejected"] = _variant_rule(
+    "server.bare-lf-rejected", "pasv-lf", present_when="refused",
+    advice="clients that end lines with a bare LF (seed 000's signage box) fail here; "
+           "they must send CRLF (RFC 959 §4.1)")
+RULES["server.case-sensitive"] = _variant_rule(
+    "server.case-sensitive", "pasv-lowercase", present_when="refused",
+    advice="RFC 959 §5.3 makes commands case-insensitive; upgrade or reconfigure the server")
+RULES["server.psw-alias"] = _variant_rule(
+    "server.psw-alias", "psw-alias", present_when="accepted",
+    advice="harmless; it lets clients behind an SMC Barricade that mangles PASV work")
+
+
+@rule("server.epsv-unsupported")
+def _epsv(observations: Observations, context: dict) -> Finding:
+    quirk, obs = "server.epsv-unsupported", observations.get("epsv")
+    if (missing := _missing(quirk, obs, "epsv")):
+        return missing
+    assert obs is not None
+    ex = obs.first
+    evidence = [ex.describe()] if ex else []
+    if ex is None or ex.reply is None:
+        return Finding(quirk, "inconclusive", evidence, "")
+    if ex.reply.code != 229:
+        return Finding(quirk, "present", evidence,
+                       "enable EPSV: it names no address, so NAT cannot break it the way it breaks 227 replies")
+    if "connected" in obs.data:
+        evidence.append(f"data connection to {obs.data['data_host']} port {obs.data['port']}: "
+                        + ("connected" if obs.data["connected"] else obs.data["data_error"]))
+    return Finding(quirk, "absent", evidence)
+
+
+@rule("server.port-foreign-accepted")
+def _bounce(observations: Observations, context: dict) -> Finding:
+    quirk, obs = "server.port-foreign-accepted", observations.get("port-foreign")
+    if (missing := _missing(quirk, obs, "port-foreign")):
+        return missing
+    assert obs is not None
+    ex = obs.first
+    evidence = [ex.describe() if ex else "no exchange", "no transfer command was sent after it"]
+    code = _reply_code(obs)
+    if code is None:
+        return Finding(quirk, "inconclusive", evidence)
+    if 200 <= code < 300:
+        return Finding(quirk, "present", evidence,
+                       "refuse PORT to addresses other than the client's (FTP bounce, CERT CA-1997-27): "
+                       "vsftpd port_promiscuous=NO, pyftpdlib permit_foreign_addresses=False")
+    return Finding(quirk, "absent", evidence)
+
+
+def _active_obs(observations: Observations) -> list[Observation]:
+    return [o for name in ("port-own", "eprt-own") if (o := observations.get(name)) and not o.error]
+
+
+@rule("server.port-reset")
+def _port_reset(observations: Observations, context: dict) -> Finding:
+    quirk, obs = "server.port-reset", observations.get("port-own")
+    if (missing := _missing(quirk, obs, "port-own")):
+        return missing
+    assert obs is not None
+    ex = obs.first
+    if ex is None:
+        return Finding(quirk, "skipped", [obs.data.get("skipped", "PORT was not sent")])
+    if ex.outcome in ("reset", "closed"):
+        return Finding(quirk, "present", [ex.describe()],
+                       "the server or a firewall in front of it kills sessions on PORT; use passive mode (PASV/EPSV)")
+    return Finding(quirk, "absent", [ex.describe()])
+
+
+@rule("path.active-blocked")
+def _active_blocked(observations: Observations, context: dict) -> Finding:
+    quirk = "path.active-blocked"
+    tried = _active_obs(observations)
+    if not tried:
+        return _missing(quirk, observations.get("port-own"), "port-own") or Finding(quirk, "skipped", ["no active probe ran"])
+    evidence, arrived, accepted = [], False, False
+    for obs in tried:
+        ex = obs.first
+        if ex is None:
+            continue
+        evidence.append(ex.describe())
+        if ex.reply is not None and ex.reply.code == 200:
+            accepted = True
+            if obs.data.get("connected"):
+                arrived = True
+                src = obs.data.get("source", ["?", "?"])
+                evidence.append(f"data connection arrived from {src[0]} port {src[1]}, {obs.data.get('bytes', 0)} bytes")
+            else:
+                evidence.append(obs.data.get("accept_error", "LIST did not start a transfer"))
+    if not accepted:
+        return Finding(quirk, "inconclusive", evidence, "the server refused PORT/EPRT, so active mode was not tried")
+    if arrived:
+        return Finding(quirk, "absent", evidence)
+    return Finding(quirk, "present", evidence,
+                   "use passive mode; for active mode the prober's firewall/NAT must let the server connect in "
+                   "(an FTP ALG on the router, or a forwarded port)")
+
+
+@rule("server.active-source-port")
+def _active_source(observations: Observations, context: dict) -> Finding:
+    quirk, obs = "server.active-source-port", observations.get("port-own")
+    if (missing := _missing(quirk, obs, "port-own")):
+        return missing
+    assert obs is not None
+    if not obs.data.get("connected"):
+        return Finding(quirk, "inconclusive", ["no active-mode data connection arrived to measure"])
+    source_port = obs.data["source"][1]
+    expected = obs.data["control_port"] - 1
+    evidence = [f"data connection from port {source_port}; RFC 959 §3.3 default is control port - 1 = {expected}"]
+    if source_port == expected:
+        return Finding(quirk, "absent", evidence)
+    return Finding(quirk, "present", evidence,
+                   "client firewalls that only admit active data from port 20 will drop this; "
+                   "vsftpd connect_from_port_20=YES, or open the client firewall by conntrack expectation instead")
+
+
+@rule("server.cleartext-login")
+def _cleartext(observations: Observations, context: dict) -> Finding:
+    quirk, obs = "server.cleartext-login", observations.get("auth-tls")
+    if (missing := _missing(quirk, obs, "auth-tls")):
+        return missing
+    assert obs is not None
+    ex = obs.first
+    offered = ex is not None and ex.reply is not None and ex.reply.code == 234
+    evidence = [ex.describe() if ex else "AUTH TLS not sent",
+                f"FEAT lists AUTH TLS: {'yes' if obs.data.get('feat_auth_tls') else 'no'}"]
+    if obs.data.get("anonymous"):
+        evidence.append("this probe logged in anonymously: no secret was exposed")
+        return Finding(quirk, "absent", evidence,
+                       "" if offered else "the server offers no AUTH TLS: real users' passwords cross in clear text")
+    evidence.append(f"USER {obs.data.get('user')} and its password were sent in clear text (ftp://)")
+    advice = ("the server offers AUTH TLS (RFC 4217): configure clients for explicit FTPS" if offered else
+              "enable AUTH TLS (RFC 4217: vsftpd ssl_enable, pure-ftpd -Y 1) or move to SFTP")
+    return Finding(quirk, "present", evidence, advice)
+
+
+@rule("server.list-unparseable")
+def _listing(observations: Observations, context: dict) -> Finding:
+    quirk, obs = "server.list-unparseable", observations.get("list-format")
+    if (missing := _missing(quirk, obs, "list-format")):
+        return missing
+    assert obs is not None
+    d = obs.data
+    if "no_passive" in d:
+        return Finding(quirk, "inconclusive", [f"no passive data connection for LIST: {d['no_passive']}"])
+    evidence = [f"LIST: {d.get('lines', 0)} lines, {d.get('bytes', 0)} bytes, style {d.get('style')}"
+                + (" (read stopped at 1 MiB)" if d.get("truncated") else ""),
+                f"MLSD offered in FEAT: {'yes' if d.get('mlsd') else 'no'}"]
+    evidence += [f"unparseable line: '{l}'" for l in d.get("unparseable", [])]
+    if d.get("unparseable_count") and not d.get("mlsd"):
+        return Finding(quirk, "present", evidence,
+                       "GUI clients cannot parse this listing; enable Unix-style LIST or MLSD (RFC 3659)")
+    if not d.get("lines") and not d.get("mlsd"):
+        return Finding(quirk, "inconclusive", evidence + ["the listed directory is empty"])
+    return Finding(quirk, "absent", evidence)
+
+
+@rule("server.connection-limit")
+def _limit(observations: Observations, context: dict) -> Finding:
+    quirk, obs = "server.connection-limit", observations.get("session-limit")
+    if (missing := _missing(quirk, obs, "session-limit")):
+        return missing
+    assert obs is not None
+    d = obs.data
+    evidence = [f"{d['accepted']} of {d['tried']} concurrent sessions accepted"]
+    if "refused" in d:
+        evidence.append(d["refused"])
+        return Finding(quirk, "present", evidence,
+                       f"the server allows about {d['accepted']} concurrent session(s) from here; clients that open "
+                       "a session per transfer (or several users) hit 421: raise the limit if that is not intended",
+                       data={"limit": d["accepted"]})
+    return Finding(quirk, "absent", evidence)
+
+
+# -- passive mapping ---------------------------------------------------------
+
+
+def passive_map(observations: Observations) -> PassiveMap | None:
+    """The analyzed passive mapping, or None if pasv-map did not run."""
+    obs = observations.get("pasv-map")
+    if obs is None or obs.error:
+        return None
+    return analyze(obs.data["samples"], errors=len(obs.data["errors"]))
+
+
+def _map_or_missing(quirk: str, observations: Observations) -> tuple[PassiveMap | None, Finding | None]:
+    obs = observations.get("pasv-map")
+    if (missing := _missing(quirk, obs, "pasv-map")):
+        return None, missing
+    pmap = passive_map(observations)
+    assert pmap is not None and obs is not None
+    if not pmap.samples:
+        return None, Finding(quirk, "inconclusive", ["no passive reply could be sampled"] + obs.data["errors"][:3])
+    return pmap, None
+
+
+def _describe_range(pmap: PassiveMap) -> str:
+    est = f"{pmap.estimate_low}-{pmap.estimate_high}"
+    unc = f" (±{pmap.uncertainty})" if pmap.uncertainty else ""
+    return (f"{pmap.samples} samples, observed {pmap.observed_min}-{pmap.observed_max} "
+            f"({pmap.distinct_ports} distinct), estimated {est}{unc} by {pmap.method}, allocation {pmap.allocation}")
+
+
+@rule("server.pasv-range")
+def _range(observations: Observations, context: dict) -> Finding:
+    quirk = "server.pasv-range"
+    pmap, missing = _map_or_missing(quirk, observations)
+    if missing:
+        return missing
+    assert pmap is not None
+    return Finding(quirk, "present", [_describe_range(pmap)],
+                   f"forward exactly {pmap.estimate_low}-{pmap.estimate_high} on the site's router, or pin the range "
+                   f"({SERVER_OPTIONS})", data=pmap.to_dict())
+
+
+@rule("server.pasv-range-wide")
+def _wide(observations: Observations, context: dict) -> Finding:
+    quirk = "server.pasv-range-wide"
+    pmap, missing = _map_or_missing(quirk, observations)
+    if missing:
+        return missing
+    assert pmap is not None and pmap.width is not None
+    evidence = [_describe_range(pmap), f"estimated width {pmap.width} ports (threshold {WIDE_RANGE})"]
+    if pmap.width > WIDE_RANGE:
+        return Finding(quirk, "present", evidence,
+                       f"narrow the passive range to a few hundred ports and forward those ({SERVER_OPTIONS})")
+    return Finding(quirk, "absent", evidence)
+
+
+@rule("server.pasv-outside-range")
+def _outside(observations: Observations, context: dict) -> Finding:
+    quirk = "server.pasv-outside-range"
+    pmap, missing = _map_or_missing(quirk, observations)
+    if missing:
+        return missing
+    assert pmap is not None
+    if pmap.outside:
+        return Finding(quirk, "present",
+                       [f"ports {', '.join(map(str, pmap.outside[:10]))} lie apart from the main range "
+                        f"{pmap.estimate_low}-{pmap.estimate_high}", _describe_range(pmap)],
+                       "the server falls back to kernel-chosen ports (range exhausted or busy?); "
+                       "those are not forwarded: widen the range or lower the session limit")
+    return Finding(quirk, "absent", [f"all {pmap.samples} sampled ports lie in one range"])
+
+
+@rule("server.pasv-unreachable")
+def _unreachable(observations: Observations, context: dict) -> Finding:
+    quirk = "server.pasv-unreachable"
+    pmap, missing = _map_or_missing(quirk, observations)
+    if missing:
+        return missing
+    assert pmap is not None
+    if not pmap.tried:
+        return Finding(quirk, "inconclusive", ["no data connection was tried"])
+    evidence = [f"{pmap.reachable} of {pmap.tried} data connections succeeded"]
+    if pmap.reachable == pmap.tried:
+        return Finding(quirk, "absent", evidence)
+    ranges = format_ranges(pmap.unreachable_ranges)
+    evidence.append(f"{ranges} unreachable")
+    if pmap.reachable == 0:
+        return Finding(quirk, "present", evidence,
+                       f"no passive data connection is possible: forward {pmap.estimate_low}-{pmap.estimate_high} "
+                       "to the server and open it in its firewall", severity="critical",
+                       data={"unreachable_ranges": pmap.unreachable_ranges})
+    return Finding(quirk, "present", evidence,
+                   f"part of the range is not forwarded: forward all of {pmap.estimate_low}-{pmap.estimate_high} "
+                   f"or shrink the server's range to what is forwarded ({SERVER_OPTIONS})",
+                   data={"unreachable_ranges": pmap.unreachable_ranges})
+
+
+def _non_routable(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (addr.is_private or addr.is_loopback or addr.is_link_local
+            or addr in ipaddress.ip_network("100.64.0.0/10"))
+
+
+@rule("server.pasv-private-address")
+def _private(observations: Observations, context: dict) -> Finding:
+    quirk = "server.pasv-private-address"
+    pmap, missing = _map_or_missing(quirk, observations)
+    if missing:
+        return missing
+    assert pmap is not None
+    peer = ipaddress.ip_address(context["peer"])
+    if not pmap.addresses:
+        return Finding(quirk, "skipped", ["only 229 replies (no address) were sampled"])
+    if _non_routable(peer):
+        return Finding(quirk, "skipped", [f"the control peer {peer} is itself not routable: run from outside the site"])
+    private = [a for a in pmap.addresses if _non_routable(ipaddress.ip_address(a))]
+    evidence = [f"227 replies advertised {', '.join(f'{a} ({n}x)' for a, n in pmap.addresses.items())}; "
+                f"control peer {peer}"]
+    if private:
+        return Finding(quirk, "present", evidence,
+                       f"announce the public address {peer} ({ADDRESS_OPTIONS}); clients that trust the 227 "
+                       "address fail, EPSV (RFC 2428) avoids it")
+    return Finding(quirk, "absent", evidence)
+
+
+@rule("server.pasv-address-mismatch")
+def _mismatch(observations: Observations, context: dict) -> Finding:
+    quirk = "server.pasv-address-mismatch"
+    pmap, missing = _map_or_missing(quirk, observations)
+    if missing:
+        return missing
+    assert pmap is not None
+    peer = context["peer"]
+    if not pmap.addresses:
+        return Finding(quirk, "skipped", ["only 229 replies (no address) were sampled"])
+    other = [a for a in pmap.addresses if a != peer]
+    evidence = [f"227 replies advertised {', '.join(pmap.addresses)}; control peer {peer}"]
+    if other:
+        return Finding(quirk, "present", evidence,
+                       f"announce {peer} in 227 replies ({ADDRESS_OPTIONS}); ftpprobe connected to the control "
+                       "peer instead (use --trust-pasv-address to follow the advertised address)")
+    return Finding(quirk, "absent", evidence)
+
+
+def infer(observations: Observations, decided: list[str], context: dict) -> list[Finding]:
+    """Run the rule of every quirk id in ``decided`` (in that order).
+
+    ``context`` carries facts of the run, e.g. ``peer`` (the control peer's
+    address as a string).  Raises ``KeyError`` for an id without a rule (a
+    catalog defect caught by the tests).
+    """
+    return [RULES[quirk](observations, context) for quirk in decided]

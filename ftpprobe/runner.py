@@ -1,0 +1,128 @@
+"""Run a set of probes against one target and produce a :class:`ProbeReport`.
+
+Order: a preflight session (connect, greet, log in: the errors that make a
+run fail with exit code 3), then ``exclusive`` probes one by one (the session
+limit), then every other probe at once, each in its own control session,
+bounded by the context's session limiter.  The whole run is bounded by
+``deadline`` seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from .catalog import Probe, load_catalog
+from .errors import FtpProbeError
+from .executors import ACTIONS, Observation, ProbeContext
+from .findings import Finding, exit_code
+from .inference import infer, passive_map
+from .target import Target
+
+
+@dataclass
+class ProbeReport:
+    """The result of one run.
+
+    ``target``: URL without password; ``started``: ISO 8601 UTC;
+    ``duration_s``: seconds; ``findings``; ``passive``: the mapping as a dict
+    (empty if not run); ``greeting``: the server's 220 text; ``peer``: control
+    peer address; ``error``: set when the run itself failed (exit code 3).
+    """
+
+    target: str
+    started: str
+    duration_s: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    passive: dict = field(default_factory=dict)
+    greeting: str = ""
+    peer: str = ""
+    error: str = ""
+    observations: dict[str, Observation] = field(default_factory=dict, repr=False)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.error else exit_code(self.findings)
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "started": self.started,
+            "duration_s": self.duration_s,
+            "peer": self.peer,
+            "greeting": self.greeting,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "findings": [f.to_dict() for f in self.findings],
+            "passive": self.passive,
+        }
+
+
+async def _observe(ctx: ProbeContext, probe: Probe) -> Observation:
+    started = time.monotonic()
+    try:
+        obs = await ACTIONS[probe.action](ctx, probe)
+    except FtpProbeError as exc:
+        obs = Observation(probe.name, error=str(exc))
+    obs.elapsed = round(time.monotonic() - started, 3)
+    ctx.progress(f"{probe.name}: done in {obs.elapsed:g} s" + (f" ({obs.error})" if obs.error else ""))
+    return obs
+
+
+async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
+                     deadline: float = 120.0, samples: int = 20, max_sessions: int = 4,
+                     trust_pasv_address: bool = False, progress=lambda message: None) -> ProbeReport:
+    """Probe ``target`` with ``probes`` (default: the whole catalog).
+
+    ``timeout``: seconds per connect/reply; ``deadline``: seconds for the whole
+    run; ``samples``: passive replies for the mapping; ``max_sessions``:
+    concurrent control sessions at most (lowered by what the server allows).
+    Never raises for the server's or path's behaviour: a failed run has
+    ``report.error`` set (exit code 3).
+    """
+    probes = load_catalog() if probes is None else probes
+    unknown = [p.name for p in probes if p.action not in ACTIONS]
+    if unknown:
+        raise FtpProbeError(f"probe(s) with unknown action: {', '.join(unknown)}")
+    report = ProbeReport(target=target.url, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    started = time.monotonic()
+    ctx = ProbeContext(target, timeout=timeout, samples=samples, max_sessions=max_sessions,
+                       trust_pasv_address=trust_pasv_address, progress=progress)
+    observations: dict[str, Observation] = {}
+    with trio.move_on_after(deadline) as scope:
+        try:
+            async with ctx.session(login=True) as s:
+                report.greeting = s.greeting.text if s.greeting else ""
+                report.peer = str(s.peer_address)
+        except FtpProbeError as exc:
+            report.error = str(exc)
+            report.duration_s = round(time.monotonic() - started, 3)
+            return report
+        progress(f"connected to {report.peer}, logged in as {target.user}")
+
+        for probe in (p for p in probes if p.exclusive):
+            observations[probe.name] = await _observe(ctx, probe)
+            accepted = observations[probe.name].data.get("accepted")
+            if probe.action == "session-limit" and "refused" in observations[probe.name].data and accepted:
+                # Leave one slot free for real users when the limit is low.
+                ctx.limiter.total_tokens = max(1, min(ctx.limiter.total_tokens, accepted - 1 if accepted > 2 else accepted))
+
+        async def one(probe: Probe) -> None:
+            observations[probe.name] = await _observe(ctx, probe)
+
+        async with trio.open_nursery() as nursery:
+            for probe in (p for p in probes if not p.exclusive):
+                nursery.start_soon(one, probe)
+    if scope.cancelled_caught:
+        for probe in probes:
+            observations.setdefault(probe.name, Observation(probe.name, error=f"run deadline of {deadline:g} s passed"))
+    report.observations = observations
+    decided = [q for p in probes for q in p.decides]
+    report.findings = infer(observations, list(dict.fromkeys(decided)), {"peer": report.peer})
+    pmap = passive_map(observations)
+    report.passive = pmap.to_dict() if pmap else {}
+    report.duration_s = round(time.monotonic() - started, 3)
+    return report

@@ -1,0 +1,277 @@
+"""Control and data connections on trio: the only module that touches sockets.
+
+Every read has a deadline, every ``OSError`` becomes one of
+:mod:`ftpprobe.errors`, and a stall leaves evidence: the kernel's TCP_INFO for
+the connection (unacknowledged bytes, retransmissions, time since the last
+data) at the moment the deadline passed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import socket
+import struct
+import termios
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from .codec import NEED_DATA, Command, Reply, ReplyReader, escape
+from .errors import ConnectFailed, LoginFailed, PeerClosed, ProtocolError, ReplyTimeout
+
+#: Pause between the TCP segments of a split command, seconds.  Long enough
+#: that Nagle-free writes leave as separate segments even on loopback.
+SEGMENT_PAUSE = 0.05
+
+# struct tcp_info from include/uapi/linux/tcp.h: 8 u8, then u32 fields.
+_TCP_INFO_U32 = (
+    "rto ato snd_mss rcv_mss unacked sacked lost retrans fackets "
+    "last_data_sent last_ack_sent last_data_recv last_ack_recv pmtu "
+    "rcv_ssthresh rtt rttvar snd_ssthresh snd_cwnd advmss reordering "
+    "rcv_rtt rcv_space total_retrans"
+).split()
+
+
+def read_tcp_info(sock: socket.socket | trio.socket.SocketType) -> dict[str, int]:
+    """The kernel's TCP_INFO for ``sock`` plus the send-queue size (Linux).
+
+    Returns a dict: ``state``, ``retransmits`` (current run), ``unacked``
+    (segments sent, not acknowledged), ``total_retrans`` (segments
+    retransmitted over the connection's life), ``last_data_sent`` /
+    ``last_data_recv`` (milliseconds since), ``rtt`` (microseconds),
+    ``bytes_acked`` / ``bytes_received`` (bytes), and ``outq`` (bytes in the
+    send queue: sent-but-unacknowledged plus not-yet-sent, from SIOCOUTQ).
+    Returns ``{}`` on a platform without TCP_INFO or a closed socket.
+    """
+    info: dict[str, int] = {}
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, AttributeError):
+        return info
+    if len(raw) >= 104:
+        head = struct.unpack_from("<8B", raw, 0)
+        info["state"], info["retransmits"] = head[0], head[2]
+        info.update(zip(_TCP_INFO_U32, struct.unpack_from(f"<{len(_TCP_INFO_U32)}I", raw, 8)))
+    if len(raw) >= 136:
+        _pacing, _max_pacing, info["bytes_acked"], info["bytes_received"] = struct.unpack_from("<4Q", raw, 104)
+    try:
+        outq = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        info["outq"] = struct.unpack("<i", outq)[0]
+    except OSError:
+        pass
+    keep = ("state", "retransmits", "unacked", "total_retrans", "last_data_sent",
+            "last_data_recv", "rtt", "bytes_acked", "bytes_received", "outq")
+    return {k: info[k] for k in keep if k in info}
+
+
+def _closed_error(exc: BaseException, what: str) -> PeerClosed:
+    reset = isinstance(exc, ConnectionResetError) or getattr(exc, "errno", None) in (
+        errno.ECONNRESET, errno.EPIPE)
+    return PeerClosed(f"{what}: connection {'reset' if reset else 'closed'} by peer", reset=reset)
+
+
+async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control") -> trio.SocketStream:
+    """Open a TCP connection within ``timeout`` seconds.
+
+    Raises :class:`ConnectFailed` (refused, unreachable, unknown host, or
+    timeout) with a message naming host and port.
+    """
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise ConnectFailed(f"{what} connection to {host} port {port}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve host name ({reason})"
+        raise ConnectFailed(f"{what} connection to {host} port {port}: {reason}") from None
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    return stream
+
+
+@dataclass
+class Exchange:
+    """One line sent and what came back, for evidence.
+
+    ``sent`` is the escaped wire form (password masked); ``segments`` the
+    number of TCP writes; ``reply`` the reply or ``None``; ``outcome`` one of
+    ``"reply"``, ``"timeout"``, ``"closed"``, ``"reset"``, ``"malformed"``;
+    ``elapsed`` seconds from the first byte sent to the outcome.
+    """
+
+    sent: str
+    segments: int
+    outcome: str
+    reply: Reply | None = None
+    elapsed: float = 0.0
+    tcp_info: dict = field(default_factory=dict)
+    error: str = ""
+
+    def describe(self) -> str:
+        if self.reply is not None:
+            return f"sent '{self.sent}' -> '{self.reply.display(100)}'"
+        return f"sent '{self.sent}' -> {self.outcome}" + (f" ({self.error})" if self.error else "")
+
+
+class ControlSession:
+    """One FTP control connection (RFC 959 §3): greet, send commands, read replies.
+
+    Use :meth:`connect` (an async context manager).  ``timeout`` (seconds)
+    bounds every connect and every complete reply, so a peer that drips one
+    byte a second still times out.  ``history`` keeps an :class:`Exchange`
+    per command for evidence.
+    """
+
+    def __init__(self, stream: trio.SocketStream, host: str, port: int, timeout: float) -> None:
+        self.stream = stream
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.reader = ReplyReader()
+        self.history: list[Exchange] = []
+        self.greeting: Reply | None = None
+        self._eof = False
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float) -> "ControlSession":
+        """Connect (no greeting read yet).  Raises :class:`ConnectFailed`."""
+        return cls(await open_tcp(host, port, timeout), host, port, timeout)
+
+    # Addresses -------------------------------------------------------------
+
+    @property
+    def peer_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The control peer's IP address: the only address data connections go to by default."""
+        return ipaddress.ip_address(self.stream.socket.getpeername()[0])
+
+    @property
+    def local_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """Our own address on the control connection (what PORT should name)."""
+        return ipaddress.ip_address(self.stream.socket.getsockname()[0])
+
+    @property
+    def local_port(self) -> int:
+        return self.stream.socket.getsockname()[1]
+
+    def tcp_info(self) -> dict[str, int]:
+        return read_tcp_info(self.stream.socket)
+
+    # I/O -------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self.stream.aclose()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def __aenter__(self) -> "ControlSession":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def send_raw(self, chunks: list[bytes], pause: float = SEGMENT_PAUSE) -> None:
+        """Write ``chunks`` as separate TCP segments, ``pause`` seconds apart.
+
+        Raises :class:`PeerClosed` if the connection is gone.
+        """
+        try:
+            for i, chunk in enumerate(chunks):
+                if i:
+                    await trio.sleep(pause)
+                with trio.fail_after(self.timeout):
+                    await self.stream.send_all(chunk)
+        except trio.TooSlowError:
+            raise ReplyTimeout("send did not complete: the peer stopped reading",
+                               tcp_info=self.tcp_info()) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _closed_error(exc.__cause__ or exc, "sending") from None
+
+    async def read_reply(self, timeout: float | None = None) -> Reply:
+        """Read one complete reply within ``timeout`` (default: the session's).
+
+        Raises :class:`ReplyTimeout` (with TCP_INFO), :class:`PeerClosed`, or
+        :class:`ProtocolError` (malformed or oversized reply).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        with trio.move_on_after(timeout):
+            while True:
+                reply = self.reader.next_reply()
+                if reply is not NEED_DATA:
+                    return reply  # type: ignore[return-value]
+                if self._eof:
+                    raise PeerClosed(f"connection closed by peer"
+                                     + (f" after {escape(self.reader.buffered[:60])!r}" if self.reader.buffered else ""))
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    raise _closed_error(exc.__cause__ or exc, "reading") from None
+                if not data:
+                    self._eof = True
+                self.reader.feed(data)
+        raise ReplyTimeout(f"no complete reply within {timeout:g} s",
+                           tcp_info=self.tcp_info(), partial=self.reader.buffered[:200])
+
+    async def greet(self) -> Reply:
+        """Read the greeting (RFC 959 §5.4: 220, or 120 then 220, or 421)."""
+        reply = await self.read_reply()
+        if reply.code == 120:
+            reply = await self.read_reply()
+        self.greeting = reply
+        return reply
+
+    async def exchange(self, command: Command, *, cuts: tuple[int, ...] = (),
+                       timeout: float | None = None) -> Exchange:
+        """Send ``command`` (split at ``cuts``) and read its reply, never raising
+        for the peer's behaviour: the outcome is recorded in the returned
+        :class:`Exchange` (and in :attr:`history`).
+
+        Raises only :class:`ProtocolError` when a previous malformed reply made
+        the stream unusable.
+        """
+        chunks = command.segments(cuts) if cuts else [command.encode()]
+        ex = Exchange(sent=command.display(), segments=len(chunks), outcome="reply")
+        started = time.monotonic()
+        try:
+            await self.send_raw(chunks)
+            ex.reply = await self.read_reply(timeout)
+        except ReplyTimeout as exc:
+            ex.outcome, ex.tcp_info, ex.error = "timeout", exc.tcp_info, str(exc)
+        except PeerClosed as exc:
+            ex.outcome, ex.error = ("reset" if exc.reset else "closed"), str(exc)
+        except ProtocolError as exc:
+            ex.outcome, ex.error = "malformed", str(exc)
+        ex.elapsed = round(time.monotonic() - started, 3)
+        self.history.append(ex)
+        return ex
+
+    async def command(self, command: Command, *, timeout: float | None = None) -> Reply:
+        """Send ``command`` and return its reply, raising on any failure
+        (:class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`)."""
+        ex = await self.exchange(command, timeout=timeout)
+        if ex.reply is None:
+            if ex.outcome == "timeout":
+                raise ReplyTimeout(f"{ex.sent}: {ex.error}", tcp_info=ex.tcp_info)
+            if ex.outcome == "malformed":
+                raise ProtocolError(f"{ex.sent}: {ex.error}")
+            raise PeerClosed(f"{ex.sent}: {ex.error}", reset=ex.outcome == "reset")
+        return ex.reply
+
+    async def login(self, user: str, password: str) -> Reply:
+        """USER/PASS (RFC 959 §4.1.1).  Raises :class:`LoginFailed` on refusal.
+
+        The password is sent as a secret :class:`Command`: it never appears
+        in evidence, history or error messages.
+        """
+        reply = await self.command(Command("USER", user))
+        if reply.code == 331 or reply.code == 332:
+            reply = await self.command(Command("PASS", password, secret=True))
+        if reply.code not in (230, 202):
+            raise LoginFailed(f"login as {user!r} refused: {reply.display(120)}")
+        return reply
