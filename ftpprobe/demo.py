@@ -41,7 +41,12 @@ class PyftpdlibServer:
         from pyftpdlib.handlers import FTPHandler
         from pyftpdlib.servers import FTPServer
 
-        logging.getLogger("pyftpdlib").setLevel(logging.CRITICAL)
+        # A handler on pyftpdlib's logger tells it logging is configured, so
+        # it does not start printing every session to stderr.
+        log = logging.getLogger("pyftpdlib")
+        if not log.handlers:
+            log.addHandler(logging.NullHandler())
+        log.setLevel(logging.CRITICAL)
         self._home = tempfile.TemporaryDirectory(prefix="ftpprobe-demo-")
         with open(os.path.join(self._home.name, "welcome.txt"), "w") as f:
             f.write("served by ftpprobe demo\n")

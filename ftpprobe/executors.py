@@ -132,21 +132,33 @@ def _evidence_exchanges(session: ControlSession, skip_login: bool = True) -> lis
     return [ex for ex in session.history if not (skip_login and ex.sent.startswith(("USER ", "PASS ")))]
 
 
+def _transient(ex: Exchange) -> bool:
+    """A 4xx reply (RFC 959 §4.2: transient negative), e.g. pyftpdlib's
+    "425 Too many connections" when its session limit counts data channels."""
+    return ex.reply is not None and 400 <= ex.reply.code < 500
+
+
 @action("command")
 async def run_command(ctx: ProbeContext, probe: Probe) -> Observation:
     """Send the probe's command variant in a fresh session and record the outcome.
 
+    A transient 4xx reply is retried in a new session after :data:`BACKOFF`
+    (the prober's own concurrent sessions may be what the server counted).
     After the variant, a canonical ``NOOP`` tells whether the session survived.
     """
     obs = Observation(probe.name)
-    async with ctx.session(login=probe.login) as s:
-        assert probe.command is not None
-        ex = await s.exchange(probe.command)
-        obs.data["_probe_exchange"] = ex
-        if ex.outcome == "reply":
-            after = await s.exchange(Command("NOOP"))
-            obs.data["alive_after"] = after.outcome == "reply"
-        obs.exchanges = _evidence_exchanges(s)
+    assert probe.command is not None
+    for pause in (*BACKOFF, None):
+        async with ctx.session(login=probe.login) as s:
+            ex = await s.exchange(probe.command)
+            obs.data["_probe_exchange"] = ex
+            if ex.outcome == "reply":
+                after = await s.exchange(Command("NOOP"))
+                obs.data["alive_after"] = after.outcome == "reply"
+            obs.exchanges = _evidence_exchanges(s)
+        if not _transient(ex) or pause is None:
+            return obs
+        await trio.sleep(pause)
     return obs
 
 
@@ -381,6 +393,7 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
     errors: list[str] = []
     order = itertools.count()
     remaining = [ctx.samples]
+    transient_left = [max(3, ctx.samples // 4)]  # 4xx replies tolerated before giving up
     workers = max(1, min(ctx.max_sessions, ctx.limiter.total_tokens, ctx.samples))
 
     async def worker(index: int) -> None:
@@ -397,6 +410,11 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
                     if ex.reply is None:
                         errors.append(f"session {index}: {ex.describe()}")
                         return
+                    if _transient(ex) and transient_left[0] > 0:
+                        transient_left[0] -= 1
+                        remaining[0] += 1  # not a sample: ask again after a pause
+                        await trio.sleep(BACKOFF[0])
+                        continue
                     try:
                         if ex.reply.code == 229:
                             address, port = None, parse_229(ex.reply)

@@ -1,0 +1,146 @@
+"""A scriptable misbehaving FTP server for the bad-input tests (blocking sockets, own thread).
+
+Usable from trio tests and from CLI subprocess tests alike.  Each scenario is a
+function ``(conn, server)`` that talks to one client; :class:`HostileServer`
+records every connection it accepted so tests can assert what the prober did.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import time
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(1)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _basic(conn: socket.socket, server: "HostileServer", pasv_reply: bytes | None = None) -> None:
+    """A minimal FTP dialogue: login, PASV (a listener of our own), everything else 502."""
+    conn.sendall(b"220 hostile ready\r\n")
+    while True:
+        line = _read_line(conn)
+        if not line:
+            return
+        verb = line.split()[0].upper() if line.split() else b""
+        if verb == b"USER":
+            conn.sendall(b"331 password please\r\n")
+        elif verb == b"PASS":
+            conn.sendall(b"230 ok\r\n")
+        elif verb in (b"PASV", b"P@SW") and pasv_reply is not None:
+            conn.sendall(pasv_reply)
+        elif verb == b"QUIT":
+            conn.sendall(b"221 bye\r\n")
+            return
+        else:
+            conn.sendall(b"502 not here\r\n")
+
+
+def never_greets(conn, server):
+    time.sleep(30)
+
+
+def huge_line(conn, server):
+    conn.sendall(b"220 " + b"A" * (1 << 20) + b"\r\n")
+    time.sleep(5)
+
+
+def endless_multiline(conn, server):
+    conn.sendall(b"220-welcome\r\n")
+    for _ in range(200000):
+        try:
+            conn.sendall(b"220-still going, not the end\r\n")
+        except OSError:
+            return
+
+
+def drips(conn, server):
+    for byte in b"220 slowly\r\n":
+        conn.sendall(bytes([byte]))
+        time.sleep(1)
+
+
+def login_refused(conn, server):
+    conn.sendall(b"220 hi\r\n")
+    _read_line(conn)
+    conn.sendall(b"331 password\r\n")
+    _read_line(conn)
+    conn.sendall(b"530 Login incorrect.\r\n")
+    time.sleep(1)
+
+
+def pasv_third_party(conn, server):
+    """227 replies name ``server.third_party`` with the port of a real listener on our own address."""
+    _basic(conn, server, pasv_reply=f"227 Entering Passive Mode ({server.third_party.replace('.', ',')},"
+                                    f"{server.data_port >> 8},{server.data_port & 255})\r\n".encode())
+
+
+def pasv_bad_numbers(conn, server):
+    _basic(conn, server, pasv_reply=b"227 Entering Passive Mode (127,0,0,1,300,1)\r\n")
+
+
+SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
+    never_greets, huge_line, endless_multiline, drips, login_refused, pasv_third_party, pasv_bad_numbers)}
+
+
+class HostileServer:
+    """Serve one scenario on ``host`` (port chosen by the kernel) in a thread.
+
+    ``data_port`` is a listener on ``host`` whose accepted connections are
+    counted in ``data_connections``; ``third_party`` is the address the
+    ``pasv-third-party`` scenario advertises.
+    """
+
+    def __init__(self, scenario: str, host: str = "127.0.0.1", third_party: str = "127.0.0.2") -> None:
+        self.scenario = SCENARIOS[scenario]
+        self.host = host
+        self.third_party = third_party
+        self.connections: list[tuple[str, int]] = []
+        self.data_connections = 0
+
+    def __enter__(self) -> "HostileServer":
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                outer.connections.append(self.client_address)
+                try:
+                    outer.scenario(self.request, outer)
+                except OSError:
+                    pass
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer((self.host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.data = socket.create_server((self.host, 0))
+        self.data_port = self.data.getsockname()[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._accept_data, daemon=True).start()
+        return self
+
+    def _accept_data(self):
+        while True:
+            try:
+                conn, _ = self.data.accept()
+            except OSError:
+                return
+            self.data_connections += 1
+            conn.close()
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.data.close()
+
+    @property
+    def url(self) -> str:
+        return f"ftp://{self.host}:{self.port}/"

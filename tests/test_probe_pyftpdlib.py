@@ -1,0 +1,132 @@
+"""End to end against real pyftpdlib servers on loopback (no root needed)."""
+
+import json
+import os
+import time
+
+import pytest
+
+from ftpprobe.catalog import load_catalog
+from ftpprobe.inference import RULES
+from ftpprobe.runner import run_probes
+from ftpprobe.target import Target
+
+from conftest import findings_by_id, run_cli, run_json
+
+
+def target_of(server) -> Target:
+    return Target(server.host, server.port, server.user, server.password, "test")
+
+
+async def test_full_probe_reports_what_pyftpdlib_does(pyftpd):
+    server = pyftpd(passive_ports=(52000, 52019), max_cons=5)
+    report = await run_probes(target_of(server), timeout=1.5, samples=40)
+    assert report.error == ""
+    f = {x.id: x for x in report.findings}
+    # pyftpdlib's asynchat terminator is CRLF: a bare-LF line is never executed.
+    assert f["server.bare-lf-rejected"].status == "present"
+    assert "PASV\\n" in f["server.bare-lf-rejected"].evidence[0]
+    assert f["server.case-sensitive"].status == "absent"
+    assert f["server.psw-alias"].status == "absent"          # 500 Command "P@SW" not understood
+    assert f["server.epsv-unsupported"].status == "absent"
+    assert f["server.port-foreign-accepted"].status == "absent"
+    assert "501 Rejected data connection to foreign address" in f["server.port-foreign-accepted"].evidence[0]
+    assert f["path.active-blocked"].status == "absent"
+    assert f["server.active-source-port"].status == "present"  # pyftpdlib does not bind port L-1
+    assert f["server.cleartext-login"].status == "present"
+    assert f["server.list-unparseable"].status == "absent"
+    assert f["server.connection-limit"].status == "present"
+    # pyftpdlib counts its listening socket against max_cons: 5 allows 4 sessions.
+    assert f["server.connection-limit"].data["limit"] == 4
+    assert f["server.pasv-unreachable"].status == "absent"
+    assert f["server.pasv-address-mismatch"].status == "absent"
+    assert f["server.pasv-outside-range"].status == "absent"
+    p = report.passive
+    assert 52000 <= p["observed_min"] <= p["observed_max"] <= 52019
+    assert abs(p["estimate_low"] - 52000) <= max(2, 2 * p["uncertainty"])
+    assert abs(p["estimate_high"] - 52019) <= max(2, 2 * p["uncertainty"])
+    assert p["allocation"] == "random" and p["reachable"] == p["tried"] == 40
+
+
+async def test_probes_run_concurrently_not_in_sequence(pyftpd):
+    # Three probes wait out the 1.5 s reply timeout (bare LF, space+LF, bare CR);
+    # run in sequence they alone would take 4.5 s.
+    server = pyftpd(passive_ports=(52100, 52119))
+    started = time.monotonic()
+    report = await run_probes(target_of(server), timeout=1.5, samples=10)
+    elapsed = time.monotonic() - started
+    slowest = max(o.elapsed for o in report.observations.values())
+    assert elapsed < slowest + 1.5 < 4.5
+
+
+async def test_masquerade_address_is_reported_as_mismatch_and_not_followed(pyftpd):
+    server = pyftpd(passive_ports=(52200, 52209), masquerade_address="192.0.2.77")
+    report = await run_probes(target_of(server), probes=[p for p in load_catalog() if p.name == "pasv-map"],
+                              timeout=1.5, samples=10)
+    f = {x.id: x for x in report.findings}
+    assert f["server.pasv-address-mismatch"].status == "present"
+    assert "192.0.2.77" in f["server.pasv-address-mismatch"].evidence[0]
+    # data connections went to the control peer (127.0.0.1), where pyftpdlib listens
+    assert report.passive["reachable"] == 10
+    assert report.passive["addresses"] == {"192.0.2.77": report.passive["commands"]["PASV"]}
+
+
+async def test_unforwarded_range_is_critical(pyftpd):
+    """A server that advertises ports nobody listens on: no data connection possible."""
+    server = pyftpd(passive_ports=(52300, 52309))
+    # pyftpdlib really listens; make its advertised ports unreachable by trusting a
+    # bogus 227 address on a loopback address where nothing listens.
+    server2 = pyftpd(passive_ports=(52310, 52319), masquerade_address="127.0.0.9")
+    report = await run_probes(target_of(server2), probes=[p for p in load_catalog() if p.name == "pasv-map"],
+                              timeout=1, samples=6, trust_pasv_address=True)
+    f = {x.id: x for x in report.findings}
+    assert f["server.pasv-unreachable"].status == "present"
+    assert f["server.pasv-unreachable"].severity == "critical"
+    assert report.exit_code == 2
+    assert "52310" <= f["server.pasv-unreachable"].evidence[1][:5]
+
+
+def test_catalog_every_decided_id_has_a_rule_and_every_rule_a_probe():
+    decided = {q for p in load_catalog() for q in p.decides}
+    assert decided == set(RULES)
+
+
+def test_cli_probes_lists_the_catalog():
+    done = run_cli("probes", "--json")
+    rows = json.loads(done.stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["pasv-space-lf"]["sends"] == "PASV \\n"
+    assert by_name["psw-alias"]["decides"] == ["server.psw-alias"]
+    assert {"pasv-lf", "pasv-cr", "pasv-lowercase", "epsv", "port-own", "port-foreign", "list-format",
+            "auth-tls", "session-limit", "pasv-map"} <= set(by_name)
+
+
+def test_cli_json_shape_exit_code_and_no_password(pyftpd):
+    server = pyftpd(passive_ports=(52400, 52409), password="s3cret-Pw!")
+    url = f"ftp://{server.user}:s3cret-Pw!@{server.host}:{server.port}/"
+    code, report = run_json("probe", "--timeout", "1", "--samples", "8", url)
+    assert code == 1  # cleartext login is a warning
+    assert {"target", "started", "duration_s", "findings", "passive"} <= set(report)
+    assert report["started"].endswith("+00:00")
+    assert all({"id", "status", "evidence", "advice"} <= set(f) for f in report["findings"])
+    assert report["target"] == f"ftp://demo@127.0.0.1:{server.port}/"
+    text = run_cli("probe", "--timeout", "1", "--samples", "8", url)
+    for out in (json.dumps(report), text.stdout, text.stderr):
+        assert "s3cret-Pw!" not in out
+    assert text.stdout.splitlines()[0].startswith("WARNING: ftp://demo@127.0.0.1")
+
+
+def test_cli_credentials_from_environment(pyftpd):
+    server = pyftpd(passive_ports=(52410, 52419), anonymous=False)
+    env = {**os.environ, "FTPPROBE_USER": server.user, "FTPPROBE_PASSWORD": server.password, "NETRC": "/nonexistent"}
+    code, report = run_json("map-pasv", "--samples", "5", f"ftp://{server.host}:{server.port}/", env=env)
+    assert code == 0, report
+    assert report["passive"]["samples"] == 5
+
+
+def test_demo_runs_and_prints_a_report():
+    done = run_cli("demo", "--timeout", "1")
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("WARNING: ftp://demo@127.0.0.1")
+    assert "server.pasv-range" in done.stdout and "passive range map" in done.stdout
