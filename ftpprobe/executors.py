@@ -22,7 +22,7 @@ import trio
 from .catalog import Probe
 from .codec import Command, encode_eprt, encode_port, escape, parse_227, parse_229, replace_argument
 from .data import MAX_DATA_BYTES, ActiveListener, connect_passive, passive_target, probe_passive_port, read_all
-from .errors import FtpProbeError, ProtocolError
+from .errors import FtpProbeError, ProtocolError, ReplyTimeout
 from .passive import PassiveSample
 from .target import Target
 from .transport import ControlSession, Exchange
@@ -84,37 +84,49 @@ class ProbeContext:
     async def session(self, *, login: bool = True) -> AsyncIterator[ControlSession]:
         """A greeted (and, if asked, logged-in) control session holding a limiter slot.
 
-        On a 421 greeting the slot count shrinks by one and the session is retried
-        after :data:`BACKOFF`.  Raises :class:`ConnectFailed`, :class:`LoginFailed`,
-        :class:`SessionRefused`, :class:`ReplyTimeout`, :class:`PeerClosed`.
+        Raises :class:`ConnectFailed`, :class:`LoginFailed`, :class:`SessionRefused`,
+        :class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`.
         """
         async with self.limiter:
-            for attempt, pause in enumerate((*BACKOFF, None)):
-                s = await ControlSession.open(self.target.host, self.target.port, self.timeout)
-                try:
-                    greeting = await s.greet()
-                except BaseException:
-                    await s.aclose()
-                    raise
+            s = await self._establish(login)
+            try:
+                yield s
+            finally:
+                await s.aclose()
+
+    async def _establish(self, login: bool) -> ControlSession:
+        """Open, greet and log in.  On a 421 greeting the slot count shrinks by
+        one and the session is retried after :data:`BACKOFF`; a greeting or
+        login reply that never comes is retried once in a new session (a
+        single lost reply must not fail a whole probe)."""
+        lost = 0
+        for pause in (*BACKOFF, None):
+            s = await ControlSession.open(self.target.host, self.target.port, self.timeout)
+            try:
+                greeting = await s.greet()
                 if greeting.code == 421:
-                    await s.aclose()
                     self.refusals.append(greeting.display(120))
                     if self.limiter.total_tokens > 1:
                         self.limiter.total_tokens -= 1
                     if pause is None:
                         raise SessionRefused(f"server refused the session: {greeting.display(120)}")
+                    await s.aclose()
                     await trio.sleep(pause)
                     continue
                 if greeting.code != 220:
-                    await s.aclose()
                     raise ProtocolError(f"unexpected greeting {greeting.display(120)}")
-                break
-            try:
                 if login:
                     await s.login(self.target.user, self.target.password)
-                yield s
-            finally:
+                return s
+            except ReplyTimeout:
                 await s.aclose()
+                lost += 1
+                if lost > 1 or pause is None:
+                    raise
+            except BaseException:
+                await s.aclose()
+                raise
+        raise AssertionError("unreachable")
 
 
 Action = Callable[[ProbeContext, Probe], Awaitable[Observation]]
@@ -136,6 +148,16 @@ def _transient(ex: Exchange) -> bool:
     """A 4xx reply (RFC 959 §4.2: transient negative), e.g. pyftpdlib's
     "425 Too many connections" when its session limit counts data channels."""
     return ex.reply is not None and 400 <= ex.reply.code < 500
+
+
+async def _exchange_retrying(s: ControlSession, command: Command) -> Exchange:
+    """Send ``command``; on a transient 4xx reply, pause (:data:`BACKOFF`) and send it again."""
+    for pause in BACKOFF:
+        ex = await s.exchange(command)
+        if not _transient(ex):
+            return ex
+        await trio.sleep(pause)
+    return await s.exchange(command)
 
 
 @action("command")
@@ -168,7 +190,7 @@ async def run_passive(ctx: ProbeContext, probe: Probe) -> Observation:
     obs = Observation(probe.name)
     async with ctx.session(login=probe.login) as s:
         assert probe.command is not None
-        ex = await s.exchange(probe.command)
+        ex = await _exchange_retrying(s, probe.command)
         obs.data["_probe_exchange"] = ex
         if ex.reply is not None and ex.reply.code in (227, 229):
             try:
@@ -286,7 +308,7 @@ async def run_listing(ctx: ProbeContext, probe: Probe) -> Observation:
         feat = await s.exchange(Command("FEAT"))
         features = feat.reply.text.upper() if feat.reply and feat.reply.code == 211 else ""
         obs.data["mlsd"] = "MLSD" in features or "MLST" in features
-        pasv = await s.exchange(Command("EPSV" if s.peer_address.version == 6 else "PASV"))
+        pasv = await _exchange_retrying(s, Command("EPSV" if s.peer_address.version == 6 else "PASV"))
         if pasv.reply is None or pasv.reply.code not in (227, 229):
             obs.data["no_passive"] = pasv.describe()
             obs.exchanges = _evidence_exchanges(s)

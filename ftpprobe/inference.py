@@ -98,8 +98,8 @@ def _epsv(observations: Observations, context: dict) -> Finding:
     assert obs is not None
     ex = obs.first
     evidence = [ex.describe()] if ex else []
-    if ex is None or ex.reply is None:
-        return Finding(quirk, "inconclusive", evidence, "")
+    if ex is None or ex.reply is None or 400 <= ex.reply.code < 500:
+        return Finding(quirk, "inconclusive", evidence, "no answer, or only a transient 4xx refusal")
     if ex.reply.code != 229:
         return Finding(quirk, "present", evidence,
                        "enable EPSV: it names no address, so NAT cannot break it the way it breaks 227 replies")

@@ -73,6 +73,17 @@ def _closed_error(exc: BaseException, what: str) -> PeerClosed:
     return PeerClosed(f"{what}: connection {'reset' if reset else 'closed'} by peer", reset=reset)
 
 
+def _os_reason(exc: BaseException) -> str:
+    """The innermost strerror: trio reports a failed connect as "all attempts
+    failed" with the real errors (refused, unreachable) as its cause."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control") -> trio.SocketStream:
     """Open a TCP connection within ``timeout`` seconds.
 
@@ -85,7 +96,7 @@ async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control
     except trio.TooSlowError:
         raise ConnectFailed(f"{what} connection to {host} port {port}: no answer within {timeout:g} s") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = _os_reason(exc)
         if isinstance(exc, socket.gaierror):
             reason = f"cannot resolve host name ({reason})"
         raise ConnectFailed(f"{what} connection to {host} port {port}: {reason}") from None

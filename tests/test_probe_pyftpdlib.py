@@ -55,8 +55,10 @@ async def test_probes_run_concurrently_not_in_sequence(pyftpd):
     started = time.monotonic()
     report = await run_probes(target_of(server), timeout=1.5, samples=10)
     elapsed = time.monotonic() - started
-    slowest = max(o.elapsed for o in report.observations.values())
-    assert elapsed < slowest + 1.5 < 4.5
+    durations = [o.elapsed for o in report.observations.values()]
+    assert sorted(durations)[-3] >= 1.5  # the three stall probes each waited the timeout
+    assert elapsed < max(durations) + 1.0   # the run takes about as long as its slowest probe
+    assert elapsed < sum(durations) / 2
 
 
 async def test_masquerade_address_is_reported_as_mismatch_and_not_followed(pyftpd):
@@ -71,19 +73,19 @@ async def test_masquerade_address_is_reported_as_mismatch_and_not_followed(pyftp
     assert report.passive["addresses"] == {"192.0.2.77": report.passive["commands"]["PASV"]}
 
 
-async def test_unforwarded_range_is_critical(pyftpd):
-    """A server that advertises ports nobody listens on: no data connection possible."""
-    server = pyftpd(passive_ports=(52300, 52309))
-    # pyftpdlib really listens; make its advertised ports unreachable by trusting a
-    # bogus 227 address on a loopback address where nothing listens.
-    server2 = pyftpd(passive_ports=(52310, 52319), masquerade_address="127.0.0.9")
-    report = await run_probes(target_of(server2), probes=[p for p in load_catalog() if p.name == "pasv-map"],
-                              timeout=1, samples=6, trust_pasv_address=True)
+async def test_trusted_bogus_227_address_makes_pasv_ports_unreachable(pyftpd):
+    # pyftpdlib really listens on 127.0.0.1; its 227 replies name 127.0.0.9, where
+    # nothing listens, and trust_pasv_address makes the prober follow them.  EPSV
+    # (no address) still reaches the control peer: the range is partly unreachable.
+    server = pyftpd(passive_ports=(52310, 52319), masquerade_address="127.0.0.9")
+    report = await run_probes(target_of(server), probes=[p for p in load_catalog() if p.name == "pasv-map"],
+                              timeout=1, samples=8, trust_pasv_address=True)
     f = {x.id: x for x in report.findings}
-    assert f["server.pasv-unreachable"].status == "present"
-    assert f["server.pasv-unreachable"].severity == "critical"
-    assert report.exit_code == 2
-    assert "52310" <= f["server.pasv-unreachable"].evidence[1][:5]
+    unreachable = f["server.pasv-unreachable"]
+    assert unreachable.status == "present" and unreachable.severity == "warning"
+    pasv = report.passive["commands"]["PASV"]
+    assert unreachable.evidence[0] == f"{8 - pasv} of 8 data connections succeeded"
+    assert report.exit_code == 1
 
 
 def test_catalog_every_decided_id_has_a_rule_and_every_rule_a_probe():

@@ -1,0 +1,95 @@
+"""Bad input: each gives a clear message and exit code 3 (or a finding) within the deadline."""
+
+import time
+
+import pytest
+
+from ftpprobe.catalog import load_catalog
+from ftpprobe.runner import run_probes
+from ftpprobe.target import Target, parse_target
+from ftpprobe.errors import TargetError
+
+from conftest import run_cli
+from hostile import HostileServer
+
+TIMEOUT = 1.5
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://example.net/", "unsupported scheme 'http'"),
+    ("ftp://:21/", "no host"),
+    ("ftp://host:99999/", "not a valid ftp:// URL"),
+    ("ftp://host:0/", "port 0"),
+])
+def test_wrong_url(url, message):
+    with pytest.raises(TargetError, match=message):
+        parse_target(url)
+    done = run_cli("probe", url)
+    assert done.returncode == 3
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_refused_connection():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        done = run_cli("probe", f"ftp://127.0.0.1:{port}/")
+    assert done.returncode == 3
+    assert f"control connection to 127.0.0.1 port {port}" in done.stdout
+    assert "Connection refused" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("scenario, message", [
+    ("never-greets", "no complete reply within 1.5 s"),
+    ("drips", "no complete reply within 1.5 s"),
+    ("huge-line", "reply line longer than 8192 bytes"),
+    ("endless-multiline", "reply longer than 1048576 bytes"),
+    ("login-refused", "login as 'anonymous' refused: 530 Login incorrect.\\r\\n"),
+])
+def test_hostile_greeting_or_login_fails_the_probe_clearly(scenario, message):
+    with HostileServer(scenario) as server:
+        started = time.monotonic()
+        done = run_cli("probe", "--timeout", str(TIMEOUT), server.url, timeout=60)
+        elapsed = time.monotonic() - started
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert message in done.stdout, done.stdout
+    assert "Traceback" not in done.stderr
+    # a lost greeting is retried once: two timeouts, plus interpreter start-up
+    assert elapsed < 2 * TIMEOUT + 5
+
+
+async def test_227_naming_a_third_party_is_reported_and_never_followed():
+    """The data connection goes to the control peer; a listener on the advertised
+    address (127.0.0.2, same port) must see nothing."""
+    import trio
+
+    with HostileServer("pasv-third-party") as server:
+        trap = trio.socket.socket()
+        await trap.bind(("127.0.0.2", server.data_port))
+        trap.listen(5)
+        try:
+            report = await run_probes(Target(server.host, server.port),
+                                      probes=[p for p in load_catalog() if p.name == "pasv-map"],
+                                      timeout=TIMEOUT, samples=4)
+            with trio.move_on_after(0.2):
+                await trap.accept()
+                pytest.fail("the prober connected to the third-party address")
+        finally:
+            trap.close()
+    f = {x.id: x for x in report.findings}
+    assert f["server.pasv-address-mismatch"].status == "present"
+    assert "127.0.0.2" in f["server.pasv-address-mismatch"].evidence[0]
+    assert server.data_connections == 4  # every sample went to the control peer
+
+
+async def test_227_with_numbers_over_255_is_a_clear_error():
+    with HostileServer("pasv-bad-numbers") as server:
+        report = await run_probes(Target(server.host, server.port),
+                                  probes=[p for p in load_catalog() if p.name in ("pasv-map", "epsv")],
+                                  timeout=TIMEOUT, samples=3)
+    f = {x.id: x for x in report.findings}
+    assert f["server.pasv-range"].status == "inconclusive"
+    assert "number over 255" in " ".join(f["server.pasv-range"].evidence)
+    assert f["server.epsv-unsupported"].status == "present"  # 502 not here
