@@ -14,6 +14,7 @@ its observation decides.  Keys::
     argument    = "..."                    # optional
     trailer     = " "                      # bytes before the line ending
     line_ending = "lf"                     # crlf | lf | cr | none
+    cuts        = [2]                      # optional: send as TCP segments split at these offsets
     [params]                               # action-specific options
 
 Installed, the catalog is the package resource ``ftpprobe/probes``; in a
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .codec import LINE_ENDINGS, Command
+from .codec import LINE_ENDINGS, Command, escape
 from .errors import TargetError
 from .findings import QUIRKS
 
@@ -43,11 +44,14 @@ class Probe:
     login: bool = True
     exclusive: bool = False
     command: Command | None = None
+    cuts: tuple[int, ...] = ()
     params: dict = field(default_factory=dict)
 
     def sends(self) -> str:
         """What goes on the wire, escaped, for the catalog listing."""
         if self.command is not None:
+            if self.cuts:
+                return " | ".join(escape(seg) for seg in self.command.segments(self.cuts))
             return self.command.display()
         return self.params.get("sends", self.action)
 
@@ -85,6 +89,7 @@ def parse_probe(text: str, where: str) -> Probe:
         login=data.get("login", True),
         exclusive=data.get("exclusive", False),
         command=_command_from(data["command"], where) if "command" in data else None,
+        cuts=tuple(data.get("command", {}).get("cuts", ())),
         params=data.get("params", {}),
     )
 

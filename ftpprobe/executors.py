@@ -172,7 +172,7 @@ async def run_command(ctx: ProbeContext, probe: Probe) -> Observation:
     assert probe.command is not None
     for pause in (*BACKOFF, None):
         async with ctx.session(login=probe.login) as s:
-            ex = await s.exchange(probe.command)
+            ex = await s.exchange(probe.command, cuts=probe.cuts)
             obs.data["_probe_exchange"] = ex
             if ex.outcome == "reply":
                 after = await s.exchange(Command("NOOP"))

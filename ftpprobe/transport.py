@@ -123,9 +123,17 @@ class Exchange:
     error: str = ""
 
     def describe(self) -> str:
+        """One evidence line; a timeout carries the TCP_INFO that tells a stall
+        (our bytes unacknowledged, outq > 0, retransmissions) from a silent peer."""
+        split = f" in {self.segments} segments" if self.segments > 1 else ""
         if self.reply is not None:
-            return f"sent '{self.sent}' -> '{self.reply.display(100)}'"
-        return f"sent '{self.sent}' -> {self.outcome}" + (f" ({self.error})" if self.error else "")
+            return f"sent '{self.sent}'{split} -> '{self.reply.display(100)}'"
+        line = f"sent '{self.sent}'{split} -> {self.outcome}" + (f" ({self.error})" if self.error else "")
+        if self.outcome == "timeout" and self.tcp_info:
+            t = self.tcp_info
+            line += (f"; TCP_INFO: outq {t.get('outq', '?')} bytes, unacked {t.get('unacked', '?')} segments, "
+                     f"retransmitted {t.get('total_retrans', '?')}, last data received {t.get('last_data_recv', '?')} ms ago")
+        return line
 
 
 class ControlSession:
