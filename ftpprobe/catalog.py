@@ -8,6 +8,7 @@ its observation decides.  Keys::
     action      = "command"                # the executor (ftpprobe.executors.ACTIONS)
     login       = true                     # log in before the probe's command
     exclusive   = false                    # run alone, before the others
+    vantage     = "server"                 # "server": any FTP server; "reflector": needs `ftpprobe reflect`
     decides     = ["server.bare-lf-rejected"]
     [command]                              # for actions that send one line
     verb        = "PASV"                   # exact spelling and case
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .codec import LINE_ENDINGS, Command, escape
+from .codec import LINE_ENDINGS, Command
 from .errors import TargetError
 from .findings import QUIRKS
 
@@ -43,6 +44,7 @@ class Probe:
     decides: tuple[str, ...]
     login: bool = True
     exclusive: bool = False
+    vantage: str = "server"
     command: Command | None = None
     cuts: tuple[int, ...] = ()
     params: dict = field(default_factory=dict)
@@ -50,9 +52,10 @@ class Probe:
     def sends(self) -> str:
         """What goes on the wire, escaped, for the catalog listing."""
         if self.command is not None:
-            if self.cuts:
-                return " | ".join(escape(seg) for seg in self.command.segments(self.cuts))
-            return self.command.display()
+            shown = self.command.display()
+            if self.command.argument is None and self.command.verb.upper() in ("PORT", "EPRT"):
+                shown = f"{self.command.verb} <address>{shown[len(self.command.verb):]}"
+            return shown + (f" (TCP segments cut at byte {', '.join(map(str, self.cuts))})" if self.cuts else "")
         return self.params.get("sends", self.action)
 
 
@@ -78,6 +81,8 @@ def parse_probe(text: str, where: str) -> Probe:
     missing = {"name", "summary", "action", "decides"} - data.keys()
     if missing:
         raise TargetError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+    if data.get("vantage", "server") not in VANTAGES:
+        raise TargetError(f"{where}: vantage must be one of {', '.join(VANTAGES)}")
     unknown = [q for q in data["decides"] if q not in QUIRKS]
     if unknown:
         raise TargetError(f"{where}: unknown quirk id(s) {', '.join(unknown)}")
@@ -88,10 +93,14 @@ def parse_probe(text: str, where: str) -> Probe:
         decides=tuple(data["decides"]),
         login=data.get("login", True),
         exclusive=data.get("exclusive", False),
+        vantage=data.get("vantage", "server"),
         command=_command_from(data["command"], where) if "command" in data else None,
         cuts=tuple(data.get("command", {}).get("cuts", ())),
         params=data.get("params", {}),
     )
+
+
+VANTAGES = ("server", "reflector")
 
 
 def catalog_dir() -> Path:
@@ -105,15 +114,17 @@ def catalog_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "probes"
 
 
-def load_catalog(directory: Path | None = None) -> list[Probe]:
-    """Every probe, sorted by name.  Raises :class:`TargetError` for a bad file."""
+def load_catalog(directory: Path | None = None, vantage: str | None = None) -> list[Probe]:
+    """Every probe (of ``vantage``, if given), sorted by name.  Raises
+    :class:`TargetError` for a bad file."""
     directory = directory or catalog_dir()
     probes = []
     for path in sorted(directory.glob("*.toml")):
         probe = parse_probe(path.read_text(encoding="utf-8"), str(path))
         if probe.name != path.stem:
             raise TargetError(f"{path}: name {probe.name!r} does not match the file name")
-        probes.append(probe)
+        if vantage is None or probe.vantage == vantage:
+            probes.append(probe)
     if not probes:
         raise TargetError(f"no probe files (*.toml) in {directory}")
     return probes

@@ -49,8 +49,8 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_PROBE_FAILED)
 
 
-def _select(only: str | None):
-    probes = load_catalog()
+def _select(only: str | None, vantage: str = "server"):
+    probes = load_catalog(vantage=vantage)
     if not only:
         return probes
     wanted = [name.strip() for name in only.split(",") if name.strip()]
@@ -135,6 +135,88 @@ def map_pasv(url, samples, **options):
     allocation pattern and which ports are unreachable.
     """
     _run(url, "pasv-map", samples=samples, **options)
+
+
+@main.command(epilog="""\b
+Examples (on a host outside the NAT, e.g. a VPS):
+  sudo ftpprobe reflect --listen 0.0.0.0 --ports 21,2121
+  ftpprobe reflect --listen 0.0.0.0 --ports 2100,2121   # unprivileged, with a 21->2100 redirect
+
+\b
+Then, from inside the LAN:
+  ftpprobe fingerprint REFLECTOR-HOST""")
+@click.option("--listen", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--ports", default="21,2121", show_default=True,
+              help="Comma-separated control ports (one where a router's ALG acts, one where it may not).")
+@click.option("--journal", type=click.Path(dir_okay=False, writable=True),
+              help="Append a JSON line per received line (bytes, peer, reads) to this file.")
+@click.option("--max-sessions", type=click.IntRange(1, 10000), default=64, show_default=True)
+@click.option("--per-address", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="Concurrent sessions from one address.")
+@click.option("--idle", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+              help="Seconds a session may wait for a line.")
+def reflect(listen, ports, journal, max_sessions, per_address, idle):
+    """Run the cooperating reflector server (outside the NAT).
+
+    It answers every line with the exact bytes it received (hex), the peer
+    address and port it saw and the segment sizes; PASV/EPSV replies carry
+    their original address and port out of band; after PORT/EPRT, LIST makes
+    it connect back to the control peer's address only.  Safe to leave on
+    the internet: bounded sessions, line length, idle time and rate; no file
+    system access.
+    """
+    import logging
+
+    from .reflector import Reflector, ReflectorLimits
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        port_list = tuple(int(p) for p in ports.split(","))
+    except ValueError:
+        raise click.BadParameter(f"not a list of ports: {ports!r}", param_hint="--ports") from None
+    limits = ReflectorLimits(max_sessions=max_sessions, per_address=per_address, idle=idle)
+    try:
+        trio.run(Reflector(listen, port_list, limits, journal).serve)
+    except PermissionError:
+        _fail(f"no permission to listen on port(s) {ports}: run as root, grant CAP_NET_BIND_SERVICE, "
+              "or use high ports with a port redirect (see --help)")
+    except OSError as exc:
+        _fail(f"cannot listen on {listen} port(s) {ports}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command(epilog="""\b
+Example:
+  ftpprobe fingerprint --other-port 2121 reflector.example.net""")
+@click.argument("reflector", metavar="HOST[:PORT]")
+@click.option("--other-port", type=click.IntRange(1, 65535), default=2121, show_default=True,
+              help="The reflector's second control port, to see whether the ALG acts only on 21.")
+@click.option("--only", metavar="NAMES", help="Comma-separated variant names (default: all alg-* probes).")
+@common_options
+def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, trust_pasv_address, as_json,
+                no_netrc):
+    """Fingerprint the NAT router / firewall / FTP ALG between here and a reflector.
+
+    Run from inside the LAN against `ftpprobe reflect` outside it.  Sends PORT
+    and EPRT with CRLF, bare LF, trailing space, lower case, split across TCP
+    segments, as the first line and after a login, naming the prober's own
+    address and a foreign one, and PASV/EPSV variants, each in its own control
+    session, on the main and the other port.  Prints a table of variant
+    against outcome (rewritten / passed / mangled / stalled / reset) and the
+    nat.*, alg.* and path.active-blocked findings.
+    """
+    try:
+        target = parse_target(reflector if "://" in reflector else f"ftp://{reflector}", use_netrc=False)
+        probes = _select(only, vantage="reflector")
+        report = trio.run(lambda: run_probes(
+            target, probes=probes, timeout=timeout, deadline=deadline, max_sessions=max_sessions,
+            trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
+            vantage="reflector", other_port=other_port))
+    except FtpProbeError as exc:
+        _fail(str(exc))
+    click.echo(render_json(report) if as_json else render_text(report))
+    sys.exit(report.exit_code)
 
 
 @main.command("probes")

@@ -24,6 +24,7 @@ from .codec import Command, encode_eprt, encode_port, escape, parse_227, parse_2
 from .data import MAX_DATA_BYTES, ActiveListener, connect_passive, passive_target, probe_passive_port, read_all
 from .errors import FtpProbeError, ProtocolError, ReplyTimeout
 from .passive import PassiveSample
+from .reflector import TAG as REFLECTOR_TAG
 from .target import Target
 from .transport import ControlSession, Exchange
 
@@ -75,35 +76,42 @@ class ProbeContext:
     limiter: trio.CapacityLimiter = field(default=None)  # type: ignore[assignment]
     refusals: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = lambda message: None
+    #: For the reflector vantage: the second control port (no ALG helper there?)
+    #: and whether to insist that the peer greets as an ftpprobe reflector.
+    other_port: int | None = None
+    expect_reflector: bool = False
 
     def __post_init__(self) -> None:
         if self.limiter is None:
             self.limiter = trio.CapacityLimiter(self.max_sessions)
 
     @asynccontextmanager
-    async def session(self, *, login: bool = True) -> AsyncIterator[ControlSession]:
+    async def session(self, *, login: bool = True, port: int | None = None) -> AsyncIterator[ControlSession]:
         """A greeted (and, if asked, logged-in) control session holding a limiter slot.
 
         Raises :class:`ConnectFailed`, :class:`LoginFailed`, :class:`SessionRefused`,
         :class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`.
         """
         async with self.limiter:
-            s = await self._establish(login)
+            s = await self._establish(login, port or self.target.port)
             try:
                 yield s
             finally:
                 await s.aclose()
 
-    async def _establish(self, login: bool) -> ControlSession:
+    async def _establish(self, login: bool, port: int) -> ControlSession:
         """Open, greet and log in.  On a 421 greeting the slot count shrinks by
         one and the session is retried after :data:`BACKOFF`; a greeting or
         login reply that never comes is retried once in a new session (a
         single lost reply must not fail a whole probe)."""
         lost = 0
         for pause in (*BACKOFF, None):
-            s = await ControlSession.open(self.target.host, self.target.port, self.timeout)
+            s = await ControlSession.open(self.target.host, port, self.timeout)
             try:
                 greeting = await s.greet()
+                if self.expect_reflector and REFLECTOR_TAG not in greeting.text:
+                    raise ProtocolError(f"{self.target.host} port {port} is not an ftpprobe reflector "
+                                        f"(greeting {greeting.display(80)}); start one with `ftpprobe reflect`")
                 if greeting.code == 421:
                     self.refusals.append(greeting.display(120))
                     if self.limiter.total_tokens > 1:
@@ -233,8 +241,9 @@ async def _transfer_reply(s: ControlSession, listener: ActiveListener, timeout: 
                 return
             result["source"] = list(info.peer or ())
             async with stream:
-                _data, total, truncated, _ = await read_all(stream, timeout)
+                data, total, truncated, _ = await read_all(stream, timeout)
             result["bytes"], result["truncated"] = total, truncated
+            result["head"] = escape(data[:80])
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accept)
@@ -467,4 +476,93 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
     obs.data["samples"] = samples
     obs.data["errors"] = errors
     obs.data["sessions"] = workers
+    return obs
+
+
+# -- the reflector vantage: what does the path (NAT, ALG) do to FTP? ---------
+
+
+def _control_port(ctx: ProbeContext, probe: Probe) -> int | None:
+    return ctx.other_port if probe.params.get("control") == "other" else ctx.target.port
+
+
+def _reflection_data(obs: Observation, ex: Exchange, sent: bytes) -> None:
+    from .reflector import parse_reflection
+
+    obs.data["sent"] = sent.hex()
+    if ex.reply is not None:
+        seen = parse_reflection(ex.reply.text)
+        if seen:
+            obs.data["arrived"] = seen["raw"].hex()
+            obs.data["peer_seen"] = list(seen["peer"])
+            obs.data["reads"] = seen["reads"]
+
+
+@action("reflect-active")
+async def run_reflect_active(ctx: ProbeContext, probe: Probe) -> Observation:
+    """PORT/EPRT variant to the reflector, naming our own address (or a foreign
+    one) and a real listener; then LIST, so the reflector connects back to the
+    control peer's address on the port as it arrived."""
+    obs = Observation(probe.name)
+    assert probe.command is not None
+    port = _control_port(ctx, probe)
+    if port is None:
+        obs.data["skipped"] = "no second control port given"
+        return obs
+    async with ctx.session(login=not probe.params.get("first_line", False), port=port) as s:
+        local = s.local_address
+        obs.data.update(local=[str(local), s.local_port], control_port=port)
+        async with ActiveListener(str(local)) as listener:
+            named = ipaddress.ip_address(probe.params["foreign"]) if "foreign" in probe.params else local
+            argument = _active_argument(probe.command.verb, named, listener.port)
+            if argument is None:
+                obs.data["skipped"] = f"{probe.command.verb} cannot name {named}"
+                return obs
+            cmd = replace_argument(probe.command, argument)
+            ex = await s.exchange(cmd, cuts=probe.cuts)
+            obs.data["_probe_exchange"] = ex
+            _reflection_data(obs, ex, cmd.encode())
+            if ex.reply is not None and ex.reply.code == 200 and "foreign" not in probe.params:
+                _list_ex, result = await _transfer_reply(s, listener, ctx.timeout)
+                obs.data["active"] = result
+        obs.exchanges = _evidence_exchanges(s)
+    return obs
+
+
+@action("reflect-passive")
+async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> Observation:
+    """PASV/EPSV variant to the reflector: did the command arrive intact, was
+    the 227/229 reply rewritten (against what the reflector declared), and
+    does a data connection to the advertised port reach it?"""
+    from .reflector import parse_declared
+
+    obs = Observation(probe.name)
+    assert probe.command is not None
+    port = _control_port(ctx, probe)
+    if port is None:
+        obs.data["skipped"] = "no second control port given"
+        return obs
+    async with ctx.session(login=True, port=port) as s:
+        obs.data.update(local=[str(s.local_address), s.local_port], control_port=port)
+        ex = await s.exchange(probe.command, cuts=probe.cuts)
+        obs.data["_probe_exchange"] = ex
+        _reflection_data(obs, ex, probe.command.encode())
+        if ex.reply is not None and ex.reply.code in (227, 229):
+            declared = parse_declared(ex.reply.text)
+            try:
+                address, data_port = ((None, parse_229(ex.reply)) if ex.reply.code == 229
+                                      else parse_227(ex.reply))
+            except ProtocolError as exc:
+                obs.data["parse_error"] = str(exc)
+            else:
+                obs.data["advertised"] = [str(address) if address else None, data_port]
+                obs.data["declared"] = list(declared) if declared else None
+                host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
+                stream, result = await connect_passive(host, data_port, ctx.timeout)
+                obs.data["data_connected"] = result.connected
+                if stream is not None:
+                    async with stream:
+                        data, *_ = await read_all(stream, ctx.timeout, 200)
+                    obs.data["data_head"] = escape(data[:80])
+        obs.exchanges = _evidence_exchanges(s)
     return obs

@@ -12,6 +12,7 @@ from typing import Callable
 
 from .executors import Observation
 from .findings import Finding
+from .codec import escape
 from .passive import PassiveMap, analyze, format_ranges
 
 Observations = dict[str, Observation]
@@ -146,7 +147,6 @@ def _port_reset(observations: Observations, context: dict) -> Finding:
     return Finding(quirk, "absent", [ex.describe()])
 
 
-@rule("path.active-blocked")
 def _active_blocked(observations: Observations, context: dict) -> Finding:
     quirk = "path.active-blocked"
     tried = _active_obs(observations)
@@ -401,3 +401,271 @@ def infer(observations: Observations, decided: list[str], context: dict) -> list
     catalog defect caught by the tests).
     """
     return [RULES[quirk](observations, context) for quirk in decided]
+
+
+# -- the reflector vantage: NAT and ALG ---------------------------------------
+
+
+def comparison(obs: Observation | None):
+    """What the path did to the probe's line (:class:`ftpprobe.rewrite.Comparison`), or None."""
+    from .rewrite import compare
+
+    if obs is None or "arrived" not in obs.data:
+        return None
+    return compare(bytes.fromhex(obs.data["sent"]), bytes.fromhex(obs.data["arrived"]))
+
+
+def variant_outcome(obs: Observation | None) -> str:
+    """rewritten / passed / mangled / stalled / reset / refused / error / skipped."""
+    if obs is None:
+        return "skipped"
+    if obs.error:
+        return "error"
+    if "skipped" in obs.data:
+        return "skipped"
+    ex = obs.first
+    if ex is None:
+        return "error"
+    if ex.outcome == "timeout":
+        return "stalled"
+    if ex.outcome in ("reset", "closed"):
+        return "reset"
+    cmp = comparison(obs)
+    return cmp.outcome if cmp else "refused"
+
+
+def _line_evidence(obs: Observation) -> str:
+    cmp = comparison(obs)
+    if cmp is not None:
+        return cmp.describe(bytes.fromhex(obs.data["sent"]), bytes.fromhex(obs.data["arrived"]))
+    ex = obs.first
+    return ex.describe() if ex is not None else (obs.error or obs.data.get("skipped", "not run"))
+
+
+def _rewritten(observations: Observations, name: str) -> bool | None:
+    """True if the probe's line was rewritten, False if it passed unchanged, None if undecided."""
+    outcome = variant_outcome(observations.get(name))
+    return {"rewritten": True, "passed": False}.get(outcome)
+
+
+def _alg_pair_rule(quirk: str, variant: str, *, advice: str, baseline: str = "alg-port-crlf") -> Rule:
+    """Present when the baseline PORT is rewritten but the variant is not."""
+
+    def decide(observations: Observations, context: dict) -> Finding:
+        base, var = _rewritten(observations, baseline), _rewritten(observations, variant)
+        evidence = [_line_evidence(o) for n in (baseline, variant) if (o := observations.get(n))]
+        if base is not True:
+            return Finding(quirk, "skipped", evidence + ["no ALG rewrote the canonical PORT line"])
+        if var is None:
+            return Finding(quirk, "inconclusive", evidence)
+        return Finding(quirk, "absent" if var else "present", evidence, "" if var else advice)
+
+    return decide
+
+
+RULES["alg.first-command-blind"] = _alg_pair_rule(
+    "alg.first-command-blind", "alg-port-first",
+    advice="the ALG only parses lines that follow a LF it saw (nf_conntrack_ftp find_nl_seq): "
+           "clients must not send PORT as their first line")
+RULES["alg.case-sensitive"] = _alg_pair_rule(
+    "alg.case-sensitive", "alg-port-lowercase", advice="clients that send lower-case 'port' get no rewrite; use PASV")
+RULES["alg.foreign-ignored"] = _alg_pair_rule(
+    "alg.foreign-ignored", "alg-port-foreign",
+    advice="expected for a safe ALG (no pinholes for third parties); a client configured with its "
+           "external address gets no rewrite and needs a forwarded port")
+RULES["alg.port-21-only"] = _alg_pair_rule(
+    "alg.port-21-only", "alg-port-other-port",
+    advice="the ALG is bound to the standard port; servers on another control port need passive mode "
+           "or a helper on that port (nftables: ct helper set on tcp dport PORT)")
+
+
+def _rewrite_rule(quirk: str, variant: str, *, remap: bool = False) -> Rule:
+    def decide(observations: Observations, context: dict) -> Finding:
+        obs = observations.get(variant)
+        if (missing := _missing(quirk, obs, variant)):
+            return missing
+        assert obs is not None
+        cmp, evidence = comparison(obs), [_line_evidence(obs)]
+        if cmp is None:
+            return Finding(quirk, "inconclusive", evidence)
+        if remap:
+            if cmp.outcome != "rewritten":
+                return Finding(quirk, "skipped", evidence + ["the line was not rewritten"])
+            changed = cmp.sent_address[1] != cmp.arrived_address[1]
+            return Finding(quirk, "present" if changed else "absent", evidence,
+                           "the ALG allocated another port (it was in use): harmless when the ALG also "
+                           "forwards it" if changed else "")
+        return Finding(quirk, "present" if cmp.outcome == "rewritten" else "absent", evidence)
+
+    return decide
+
+
+RULES["alg.port-rewrite"] = _rewrite_rule("alg.port-rewrite", "alg-port-crlf")
+RULES["alg.eprt-rewrite"] = _rewrite_rule("alg.eprt-rewrite", "alg-eprt-crlf")
+RULES["alg.port-remap"] = _rewrite_rule("alg.port-remap", "alg-port-crlf", remap=True)
+
+
+def _stall_rule(quirk: str, variants: tuple[str, ...], baselines: dict[str, str], advice: str) -> Rule:
+    """Present when a variant got no answer (or only after retransmission)
+    while the canonical line on the same path did answer."""
+
+    def decide(observations: Observations, context: dict) -> Finding:
+        evidence, stalled, decided = [], False, False
+        for name in variants:
+            obs, base = observations.get(name), observations.get(baselines[name])
+            if obs is None or base is None or obs.error or base.error or not obs.first or not base.first:
+                continue
+            base_ok = base.first.outcome == "reply"
+            evidence.append(f"{name}: {obs.first.describe()}")
+            if not base_ok:
+                evidence.append(f"canonical {baselines[name]} did not answer either: {base.first.describe()}")
+                continue
+            decided = True
+            slow = obs.first.outcome == "reply" and obs.first.elapsed > max(1.0, 5 * base.first.elapsed)
+            if obs.first.outcome == "timeout" or slow:
+                stalled = True
+                evidence.append(f"canonical {baselines[name]} answered in {base.first.elapsed:g} s; "
+                                f"this variant {'stalled' if not slow else f'answered only after {obs.first.elapsed:g} s'}")
+        if not decided:
+            return Finding(quirk, "inconclusive", evidence or ["no variant could be compared with a canonical line"])
+        return Finding(quirk, "present" if stalled else "absent", evidence, advice if stalled else "")
+
+    return decide
+
+
+RULES["alg.stall.bare-lf"] = _stall_rule(
+    "alg.stall.bare-lf", ("alg-port-lf", "alg-pasv-lf"),
+    {"alg-port-lf": "alg-port-crlf", "alg-pasv-lf": "alg-pasv-crlf"},
+    "the ALG drops lines it cannot parse to their CR: clients must end lines with CRLF (RFC 959 §4.1), "
+    "or disable the router's FTP ALG")
+RULES["alg.stall.space-lf"] = _stall_rule(
+    "alg.stall.space-lf", ("alg-pasv-space-lf",), {"alg-pasv-space-lf": "alg-pasv-crlf"},
+    "the router stalls on 'PASV \\n' (seed 000): fix the client, or disable the router's FTP ALG")
+RULES["alg.stall.trailing-space"] = _stall_rule(
+    "alg.stall.trailing-space", ("alg-port-trailing-space",), {"alg-port-trailing-space": "alg-port-crlf"},
+    "the ALG drops PORT lines with a trailing space: fix the client or use passive mode")
+RULES["alg.stall.split"] = _stall_rule(
+    "alg.stall.split", ("alg-port-split-verb", "alg-port-split-number"),
+    {"alg-port-split-verb": "alg-port-crlf", "alg-port-split-number": "alg-port-crlf"},
+    "the ALG drops a segment holding part of a PORT line (nf_conntrack_ftp: 'partial matching'): "
+    "clients must send each command in one write")
+
+
+@rule("nat.present")
+def _nat(observations: Observations, context: dict) -> Finding:
+    seen = [(o.data["local"], o.data["peer_seen"]) for o in observations.values() if "peer_seen" in o.data]
+    if not seen:
+        return Finding("nat.present", "inconclusive", ["no reflector report was received"])
+    local, peer = seen[0]
+    evidence = [f"prober's local address {local[0]} port {local[1]}; the reflector saw {peer[0]} port {peer[1]}"]
+    if local[0] != peer[0]:
+        return Finding("nat.present", "present", evidence)
+    return Finding("nat.present", "absent", evidence)
+
+
+@rule("nat.no-alg")
+def _no_alg(observations: Observations, context: dict) -> Finding:
+    nat = _nat(observations, context)
+    base = _rewritten(observations, "alg-port-crlf")
+    obs = observations.get("alg-port-crlf")
+    evidence = nat.evidence + ([_line_evidence(obs)] if obs else [])
+    if nat.status != "present" or base is None:
+        return Finding("nat.no-alg", "absent" if nat.status == "absent" else "inconclusive", evidence)
+    if base:
+        return Finding("nat.no-alg", "absent", evidence)
+    return Finding("nat.no-alg", "present", evidence,
+                   "active mode (PORT/EPRT) cannot work through this NAT: use passive mode, or enable the "
+                   "router's FTP helper (nf_conntrack_ftp + nf_nat_ftp)")
+
+
+@rule("path.active-blocked")
+def _path_active_blocked(observations: Observations, context: dict) -> Finding:
+    if "alg-port-crlf" not in observations:
+        return _active_blocked(observations, context)  # the server vantage
+    obs = observations["alg-port-crlf"]
+    if (missing := _missing("path.active-blocked", obs, "alg-port-crlf")):
+        return missing
+    evidence = [_line_evidence(obs)]
+    active = obs.data.get("active")
+    if not active:
+        return Finding("path.active-blocked", "inconclusive", evidence + ["PORT was not accepted; LIST not sent"])
+    if active.get("connected"):
+        src = active.get("source", ["?", "?"])
+        evidence.append(f"the reflector's data connection arrived from {src[0]} port {src[1]}: '{active.get('head', '')}'")
+        return Finding("path.active-blocked", "absent", evidence)
+    evidence.append(active.get("accept_error", "no data connection"))
+    evidence.append(f"reflector: {active.get('final', '')}")
+    return Finding("path.active-blocked", "present", evidence,
+                   "the path drops inbound active-mode data connections: use passive mode, or an FTP ALG / "
+                   "forwarded port on the router")
+
+
+@rule("alg.canonicalizes")
+def _canonicalizes(observations: Observations, context: dict) -> Finding:
+    rewritten = [(n, c) for n, o in observations.items() if (c := comparison(o)) and c.outcome == "rewritten"]
+    if not rewritten:
+        return Finding("alg.canonicalizes", "skipped", ["no line was rewritten"])
+    canonical = [n for n, c in rewritten if c.canonical]
+    evidence = [_line_evidence(observations[n]) for n, _ in rewritten[:4]]
+    if canonical:
+        return Finding("alg.canonicalizes", "present", evidence,
+                       "the ALG rewrites whole lines; servers see its spelling, not the client's")
+    return Finding("alg.canonicalizes", "absent", evidence)
+
+
+@rule("alg.pasv-mangle")
+def _pasv_mangle(observations: Observations, context: dict) -> Finding:
+    names = [n for n in ("alg-pasv-crlf", "alg-pasv-lowercase", "alg-pasv-other-port") if n in observations]
+    decided = [(n, variant_outcome(observations[n])) for n in names]
+    evidence = [_line_evidence(observations[n]) for n in names]
+    if any(outcome == "mangled" for _, outcome in decided):
+        return Finding("alg.pasv-mangle", "present", evidence,
+                       "the router alters PASV (e.g. to P@SW, seed 003): update its firmware or disable its FTP "
+                       "ALG; servers such as vsftpd and pure-ftpd accept P@SW as a workaround")
+    if any(outcome == "passed" for _, outcome in decided):
+        return Finding("alg.pasv-mangle", "absent", evidence)
+    return Finding("alg.pasv-mangle", "inconclusive", evidence)
+
+
+@rule("alg.reply-rewrite")
+def _reply_rewrite(observations: Observations, context: dict) -> Finding:
+    evidence, rewritten, decided = [], False, False
+    for name in ("alg-pasv-crlf", "alg-epsv"):
+        obs = observations.get(name)
+        if obs is None or not obs.data.get("declared") or not obs.data.get("advertised"):
+            continue
+        decided = True
+        adv, dec = obs.data["advertised"], obs.data["declared"]
+        same = adv[1] == dec[1] and (dec[0] is None or adv[0] == dec[0])
+        evidence.append(f"{name}: the reflector declared {dec[0] or '(no address)'}:{dec[1]}, the prober "
+                        f"received {adv[0] or '(no address)'}:{adv[1]}" + ("" if same else " (rewritten)"))
+        rewritten |= not same
+    if not decided:
+        return Finding("alg.reply-rewrite", "inconclusive", evidence or ["no 227/229 with a declaration arrived"])
+    return Finding("alg.reply-rewrite", "present" if rewritten else "absent", evidence,
+                   "a middlebox rewrites 227/229 replies: a server's own announced address is not what clients see"
+                   if rewritten else "")
+
+
+def fingerprint_rows(observations: Observations) -> list[dict]:
+    """The ALG fingerprint: one row per reflector variant (probe, sent, arrived, outcome, detail)."""
+    rows = []
+    for name in sorted(observations):
+        obs = observations[name]
+        if "sent" not in obs.data and not name.startswith("alg-"):
+            continue
+        sent = bytes.fromhex(obs.data["sent"]) if "sent" in obs.data else b""
+        arrived = bytes.fromhex(obs.data["arrived"]) if "arrived" in obs.data else None
+        ex = obs.first
+        detail = ""
+        if ex is not None and ex.outcome != "reply":
+            detail = ex.describe()
+        elif (cmp := comparison(obs)) and cmp.outcome == "rewritten":
+            detail = f"{cmp.sent_address[0]}:{cmp.sent_address[1]} -> {cmp.arrived_address[0]}:{cmp.arrived_address[1]}"
+        elif obs.data.get("advertised"):
+            detail = f"227/229 {obs.data['advertised']} declared {obs.data.get('declared')}"
+        rows.append({"probe": name, "port": obs.data.get("control_port"), "sent": escape(sent),
+                     "arrived": escape(arrived) if arrived is not None else None,
+                     "reads": obs.data.get("reads"), "outcome": variant_outcome(obs), "detail": detail,
+                     "error": obs.error})
+    return rows

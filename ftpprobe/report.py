@@ -67,7 +67,17 @@ def render_text(report) -> str:
     out = [summary_line(report.findings, report.target, report.duration_s), "", findings_table(report.findings)]
     if (passive := passive_table(report.passive)):
         out += ["", "passive range map:", passive]
+    if report.fingerprint:
+        out += ["", "ALG fingerprint (variant against outcome):", fingerprint_table(report.fingerprint)]
     return "\n".join(out)
+
+
+def fingerprint_table(rows: list[dict]) -> str:
+    """Variant against outcome: what the path did to each line."""
+    return tabulate([[r["probe"], r["port"], r["sent"], r["arrived"] if r["arrived"] is not None else "-",
+                      r["outcome"], _wrap(r["detail"] or r["error"], 50)] for r in rows],
+                    headers=["variant", "port", "sent", "reflector received", "outcome", "detail"],
+                    tablefmt="simple_grid")
 
 
 def render_json(report) -> str:

@@ -19,7 +19,7 @@ from .catalog import Probe, load_catalog
 from .errors import FtpProbeError
 from .executors import ACTIONS, Observation, ProbeContext
 from .findings import Finding, exit_code
-from .inference import infer, passive_map
+from .inference import fingerprint_rows, infer, passive_map
 from .target import Target
 
 
@@ -41,6 +41,7 @@ class ProbeReport:
     greeting: str = ""
     peer: str = ""
     error: str = ""
+    fingerprint: list[dict] = field(default_factory=list)
     observations: dict[str, Observation] = field(default_factory=dict, repr=False)
 
     @property
@@ -58,6 +59,7 @@ class ProbeReport:
             "error": self.error,
             "findings": [f.to_dict() for f in self.findings],
             "passive": self.passive,
+            **({"fingerprint": self.fingerprint} if self.fingerprint else {}),
         }
 
 
@@ -74,8 +76,13 @@ async def _observe(ctx: ProbeContext, probe: Probe) -> Observation:
 
 async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
                      deadline: float = 120.0, samples: int = 20, max_sessions: int = 4,
-                     trust_pasv_address: bool = False, progress=lambda message: None) -> ProbeReport:
-    """Probe ``target`` with ``probes`` (default: the whole catalog).
+                     trust_pasv_address: bool = False, progress=lambda message: None,
+                     vantage: str = "server", other_port: int | None = None) -> ProbeReport:
+    """Probe ``target`` with ``probes`` (default: the catalog's probes of ``vantage``).
+
+    ``vantage="reflector"``: ``target`` is an ``ftpprobe reflect`` server
+    outside the NAT (``other_port`` its second control port) and the report
+    carries the ALG fingerprint.
 
     ``timeout``: seconds per connect/reply; ``deadline``: seconds for the whole
     run; ``samples``: passive replies for the mapping; ``max_sessions``:
@@ -83,14 +90,15 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     Never raises for the server's or path's behaviour: a failed run has
     ``report.error`` set (exit code 3).
     """
-    probes = load_catalog() if probes is None else probes
+    probes = load_catalog(vantage=vantage) if probes is None else probes
     unknown = [p.name for p in probes if p.action not in ACTIONS]
     if unknown:
         raise FtpProbeError(f"probe(s) with unknown action: {', '.join(unknown)}")
     report = ProbeReport(target=target.url, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     started = time.monotonic()
     ctx = ProbeContext(target, timeout=timeout, samples=samples, max_sessions=max_sessions,
-                       trust_pasv_address=trust_pasv_address, progress=progress)
+                       trust_pasv_address=trust_pasv_address, progress=progress,
+                       other_port=other_port, expect_reflector=vantage == "reflector")
     observations: dict[str, Observation] = {}
     with trio.move_on_after(deadline) as scope:
         try:
@@ -124,5 +132,7 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     report.findings = infer(observations, list(dict.fromkeys(decided)), {"peer": report.peer})
     pmap = passive_map(observations)
     report.passive = pmap.to_dict() if pmap else {}
+    if vantage == "reflector":
+        report.fingerprint = fingerprint_rows(observations)
     report.duration_s = round(time.monotonic() - started, 3)
     return report
