@@ -473,10 +473,27 @@ RULES["alg.foreign-ignored"] = _alg_pair_rule(
     "alg.foreign-ignored", "alg-port-foreign",
     advice="expected for a safe ALG (no pinholes for third parties); a client configured with its "
            "external address gets no rewrite and needs a forwarded port")
-RULES["alg.port-21-only"] = _alg_pair_rule(
-    "alg.port-21-only", "alg-port-other-port",
-    advice="the ALG is bound to the standard port; servers on another control port need passive mode "
-           "or a helper on that port (nftables: ct helper set on tcp dport PORT)")
+
+
+@rule("alg.port-21-only")
+def _port_21_only(observations: Observations, context: dict) -> Finding:
+    """Compare the PORT line on control port 21 with the one on the other port,
+    whichever of the two the run called main."""
+    quirk = "alg.port-21-only"
+    pair = [o for n in ("alg-port-crlf", "alg-port-other-port") if (o := observations.get(n)) and not o.error]
+    on_21 = [o for o in pair if o.data.get("control_port") == 21]
+    other = [o for o in pair if o.data.get("control_port") not in (None, 21)]
+    evidence = [f"control port {o.data.get('control_port')}: {_line_evidence(o)}" for o in pair]
+    if not on_21 or not other:
+        return Finding(quirk, "skipped", evidence + ["needs one PORT on control port 21 and one on another port"])
+    at_21, elsewhere = _rewritten(observations, on_21[0].probe), _rewritten(observations, other[0].probe)
+    if at_21 is None or elsewhere is None:
+        return Finding(quirk, "inconclusive", evidence)
+    if at_21 and not elsewhere:
+        return Finding(quirk, "present", evidence,
+                       "the ALG is bound to port 21; servers on another control port need passive mode "
+                       "or a helper on that port (nftables: tcp dport PORT ct helper set ...)")
+    return Finding(quirk, "absent", evidence)
 
 
 def _rewrite_rule(quirk: str, variant: str, *, remap: bool = False) -> Rule:
