@@ -238,21 +238,24 @@ def list_probes(as_json):
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--json", "as_json", is_flag=True, help='One JSON object on stdout: {"server": ..., "router": ...}.')
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
               help="Seconds for each reply (the stall probes wait this long).")
 def demo(as_json, timeout):
-    """Start a real pyftpdlib server on loopback, probe it, print the report, stop it.
+    """Probe a real pyftpdlib server and fingerprint an emulated router, all on loopback.
 
     The server has a deliberately small passive range (10 ports), a session
     limit of 5 and a password account, so the report shows a range map and
-    real findings.  No FTP server of yours is needed.
+    real findings.  The router is an emulated middlebox with two of the seeds'
+    personalities (it stalls after 'PASV \\n' and rewrites PORT lines whole) in
+    front of a real `ftpprobe reflect`.  No FTP server of yours is needed.
     """
-    from .demo import PyftpdlibServer
-    from .target import Target
-
     import random
 
+    from .demo import PyftpdlibServer, emulated_router_fingerprint
+    from .target import Target
+
+    personalities = ("stall-space-lf", "canonical-port")
     low = random.randrange(40000, 60000, 10)
     with PyftpdlibServer(passive_ports=(low, low + 9), max_cons=5) as server:
         target = Target(server.host, server.port, server.user, server.password, "demo")
@@ -261,8 +264,15 @@ def demo(as_json, timeout):
                        f"at most 5 sessions, user {server.user!r}\n", err=True)
         report = trio.run(lambda: run_probes(target, timeout=timeout, samples=30,
                                              progress=_progress(not as_json)))
-    click.echo(render_json(report) if as_json else render_text(report))
-    sys.exit(report.exit_code)
+    router = trio.run(lambda: emulated_router_fingerprint(personalities, timeout=timeout,
+                                                          progress=_progress(not as_json)))
+    if as_json:
+        click.echo(json.dumps({"server": report.to_dict(), "router": router.to_dict()}, indent=2, default=str))
+    else:
+        click.echo(render_text(report))
+        click.echo(f"\nrouter fingerprint through an emulated middlebox ({', '.join(personalities)}):\n")
+        click.echo(render_text(router))
+    sys.exit(max(report.exit_code, router.exit_code))
 
 
 

@@ -86,3 +86,27 @@ class PyftpdlibServer:
     @property
     def url(self) -> str:
         return f"ftp://{self.host}:{self.port}/"
+
+
+async def emulated_router_fingerprint(personalities: tuple[str, ...], *, timeout: float, progress=lambda m: None):
+    """Run ``ftpprobe fingerprint`` through an emulated middlebox on loopback.
+
+    A real reflector listens on two loopback ports; a :class:`~ftpprobe.middlebox.Middlebox`
+    with ``personalities`` fronts the first, a transparent one the second, both
+    connecting outward from 127.0.0.2 (NAT on loopback).  Returns the report.
+    """
+    import trio
+
+    from .middlebox import Middlebox
+    from .reflector import Reflector
+    from .runner import run_probes
+    from .target import Target
+
+    async with trio.open_nursery() as nursery:
+        main, other = await nursery.start(Reflector("127.0.0.1", (0, 0)).serve)
+        port = await nursery.start(Middlebox("127.0.0.1", main, personalities).serve)
+        other_port = await nursery.start(Middlebox("127.0.0.1", other, ()).serve)
+        report = await run_probes(Target("127.0.0.1", port), timeout=timeout, vantage="reflector",
+                                  other_port=other_port, progress=progress)
+        nursery.cancel_scope.cancel()
+    return report

@@ -179,6 +179,7 @@ class _Session:
                 return line, reads
             if len(self.buffer) > self.server.limits.max_line:
                 await self.send(f"500 line longer than {self.server.limits.max_line} bytes\r\n")
+                await self.linger()
                 return None
             # A line ended by CR alone, or with no end at all, is reported after a
             # short pause: the prober wants to know what arrived.
@@ -197,6 +198,17 @@ class _Session:
                 return None
             self.buffer += data
             self.reads.append(len(data))
+
+    async def linger(self) -> None:
+        """Half-close and discard input for at most a second, so the last reply
+        is not destroyed by a reset (closing with unread input sends RST)."""
+        try:
+            await self.stream.send_eof()
+            with trio.move_on_after(1):
+                while await self.stream.receive_some(65536):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
     async def run(self) -> None:
         await self.send(f"220 {TAG} ready; every reply reports the bytes it received\r\n")

@@ -132,6 +132,8 @@ def test_demo_runs_and_prints_a_report():
     lines = done.stdout.splitlines()
     assert lines[0].startswith("WARNING: ftp://demo@127.0.0.1")
     assert "server.pasv-range" in done.stdout and "passive range map" in done.stdout
+    router = done.stdout[done.stdout.index("router fingerprint through an emulated middlebox"):]
+    assert "alg.stall.space-lf" in router and "PRESENT (warning)" in router
 
 
 async def test_split_command_is_sent_in_two_segments_and_reassembled(pyftpd):
