@@ -219,6 +219,92 @@ def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, tr
     sys.exit(report.exit_code)
 
 
+@main.command(epilog="""\b
+Examples:
+  ftpprobe check ftp://shop1.example.net/ ftp://shop2.example.net:2121/
+  ftpprobe check --targets /etc/ftpprobe/sites.toml --baseline /var/lib/ftpprobe/baseline.json
+  ftpprobe check --targets sites.toml --format prometheus \\
+      --prometheus-file /var/lib/node_exporter/textfile_collector/ftpprobe.prom --quiet
+
+\b
+Exit codes (Nagios plugin conventions): 0 OK, 1 WARNING, 2 CRITICAL (a site
+down or a critical quirk), 3 UNKNOWN (bad targets file or baseline).""")
+@click.argument("targets", nargs=-1, metavar="[ftp://HOST/]...")
+@click.option("--targets", "targets_file", type=click.Path(dir_okay=False),
+              help="TOML or CSV file of sites (url, name, timeout, samples, probes, password_env, reflector).")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="Compare with this baseline and report changes.")
+@click.option("--save-baseline", type=click.Path(dir_okay=False), help="Store the findings and passive maps here.")
+@click.option("--format", "fmt", type=click.Choice(["nagios", "jsonl", "prometheus"]), default="nagios",
+              show_default=True, help="Output on stdout.")
+@click.option("--prometheus-file", type=click.Path(dir_okay=False),
+              help="Also write Prometheus text here, atomically (node_exporter textfile collector).")
+@click.option("-w", "--warning", "warn_s", type=click.FloatRange(0), help="WARNING if a site's check takes longer (seconds).")
+@click.option("-c", "--critical", "crit_s", type=click.FloatRange(0), help="CRITICAL if a site's check takes longer (seconds).")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
+              help="Seconds for each connect and reply (targets-file sites may set their own).")
+@click.option("--samples", type=click.IntRange(0, 10000), default=10, show_default=True,
+              help="Passive replies sampled per site.")
+@click.option("--max-connections", type=click.IntRange(2, 10000), default=64, show_default=True,
+              help="Control connections open at once over the whole fleet.")
+@click.option("--site-deadline", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
+              help="Seconds for one site; a site still running then is reported down.")
+@click.option("--deadline", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              help="Seconds for the whole fleet.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when every site is OK (for cron mail).")
+def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, warn_s, crit_s, timeout, samples,
+          max_connections, site_deadline, deadline, quiet):
+    """Health-check one site or a fleet: for cron, Nagios/Icinga and Prometheus.
+
+    Each site gets a quick probe (passive range map, EPSV, LIST); with
+    --baseline, what changed since then (a new quirk, a passive range that
+    moved, an address that changed, a site that went dark) is reported as
+    findings of its own (change.* ids).  Credentials come from ~/.netrc,
+    FTPPROBE_USER/FTPPROBE_PASSWORD, or a site's password_env in the targets
+    file: never put them on the command line.
+    """
+    from .fleet import Site, check_sites, compare_baseline, load_baseline, load_targets, write_atomically
+    from .fleet import save_baseline as store_baseline
+    from .monitoring import json_lines, nagios_line, prometheus_text
+
+    def unknown(message: str) -> None:
+        click.echo(f"FTPPROBE UNKNOWN - {message}")
+        sys.exit(3)
+
+    try:
+        sites = load_targets(targets_file) if targets_file else []
+        for url in targets:
+            target = parse_target(url)
+            name = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
+            sites.append(Site(name, target, timeout=timeout, samples=samples))
+        if not sites:
+            unknown("no targets: give ftp:// URLs or --targets FILE")
+        old = load_baseline(baseline) if baseline else None
+    except FtpProbeError as exc:
+        unknown(str(exc))
+    results = trio.run(lambda: check_sites(sites, max_connections=max_connections, site_deadline=site_deadline,
+                                           deadline=deadline, progress=_progress(True)))
+    if old is not None:
+        for r in results:
+            r.changes = compare_baseline(r, old)
+    try:
+        if save_baseline:
+            store_baseline(save_baseline, results)
+        if prometheus_file:
+            write_atomically(prometheus_file, prometheus_text(results))
+    except OSError as exc:
+        unknown(f"cannot write {exc.filename}: {exc.strerror}")
+    code, line = nagios_line(results, warn_s, crit_s)
+    if quiet and code == 0:
+        sys.exit(0)
+    if fmt == "nagios":
+        click.echo(line)
+    elif fmt == "jsonl":
+        click.echo(json_lines(results, warn_s, crit_s), nl=False)
+    else:
+        click.echo(prometheus_text(results), nl=False)
+    sys.exit(code)
+
+
 @main.command("probes")
 @click.option("--json", "as_json", is_flag=True, help="JSON list instead of a table.")
 def list_probes(as_json):

@@ -39,6 +39,7 @@ class PyftpdlibServer:
     def __enter__(self) -> "PyftpdlibServer":
         from pyftpdlib.authorizers import DummyAuthorizer
         from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.ioloop import IOLoop
         from pyftpdlib.servers import FTPServer
 
         # A handler on pyftpdlib's logger tells it logging is configured, so
@@ -63,7 +64,9 @@ class PyftpdlibServer:
         if self.masquerade_address:
             handler.masquerade_address = self.masquerade_address
         handler.timeout = 60
-        self._server = FTPServer((self.host, 0), handler)
+        # An I/O loop of its own: pyftpdlib's default is one per process, which
+        # two servers' threads would share and corrupt.
+        self._server = FTPServer((self.host, 0), handler, ioloop=IOLoop())
         self._server.max_cons = self.max_cons
         self.port = self._server.address[1]
         self._stop = threading.Event()

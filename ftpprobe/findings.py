@@ -52,6 +52,11 @@ QUIRKS: dict[str, tuple[Severity, str]] = {
     "server.connection-limit": ("info", "the server limits concurrent sessions"),
     "server.active-source-port": ("info", "the active-mode data connection does not come from port 20 (control port - 1)"),
     "path.hairpin": ("warning", "from the LAN, the site's public address serves control but not data connections"),
+    # changes since a baseline (ftpprobe check --baseline)
+    "change.site-dark": ("critical", "the site answered at the baseline and does not now"),
+    "change.quirk-appeared": ("warning", "a quirk absent at the baseline is present now"),
+    "change.pasv-range-moved": ("warning", "the passive range moved since the baseline"),
+    "change.pasv-address-changed": ("warning", "the address in 227 replies changed since the baseline"),
 }
 
 SEVERITY_EXIT = {"info": 0, "warning": 1, "critical": 2}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import os
 import ipaddress
 import socket
 import struct
@@ -79,8 +80,8 @@ def _os_reason(exc: BaseException) -> str:
     cause = exc.__cause__
     if isinstance(cause, BaseExceptionGroup):
         cause = cause.exceptions[0]
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno)
     return getattr(exc, "strerror", None) or str(exc)
 
 

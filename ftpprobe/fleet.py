@@ -1,0 +1,275 @@
+"""Health checks of many sites: targets files, concurrent runs, baselines.
+
+``ftpprobe check`` reads sites from the command line or a targets file (TOML
+or CSV), probes them concurrently with a bound on open connections and a
+deadline per site and overall, and compares each with a saved baseline.
+Changes since the baseline become findings of their own (``change.*`` ids).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+
+import trio
+
+from .catalog import load_catalog
+from .errors import FtpProbeError, TargetError
+from .findings import Finding
+from .runner import ProbeReport, run_probes
+from .target import Target, parse_target
+
+#: Probes a health check runs by default: quick, no stall waits.
+CHECK_PROBES = ("pasv-map", "epsv", "list-format")
+BASELINE_FORMAT = "ftpprobe-baseline"
+BASELINE_VERSION = 1
+SITE_KEYS = {"name", "url", "reflector", "timeout", "samples", "probes", "password_env", "user_env"}
+
+
+@dataclass
+class Site:
+    """One site to check.  ``name`` labels it in every output (defaults to the
+    URL without password); ``probes`` are catalog names; ``timeout`` seconds;
+    ``reflector`` is kept for a later fingerprint (not run by ``check`` yet)."""
+
+    name: str
+    target: Target
+    timeout: float = 5.0
+    samples: int = 10
+    probes: tuple[str, ...] = CHECK_PROBES
+    reflector: str | None = None
+
+
+@dataclass
+class SiteResult:
+    """A site's report plus the baseline comparison and the check's status."""
+
+    site: Site
+    report: ProbeReport
+    changes: list[Finding] = field(default_factory=list)
+
+    @property
+    def up(self) -> bool:
+        return not self.report.error
+
+    @property
+    def findings(self) -> list[Finding]:
+        return self.report.findings + self.changes
+
+    @property
+    def status(self) -> int:
+        """Nagios: 0 OK, 1 WARNING, 2 CRITICAL (down, or a critical quirk)."""
+        if self.report.error:
+            return 2
+        worst = 0
+        for f in self.findings:
+            if f.status == "present":
+                worst = max(worst, {"info": 0, "warning": 1, "critical": 2}[f.severity or "info"])
+        return worst
+
+
+def _site_from(entry: dict, where: str, defaults: dict, environ) -> Site:
+    unknown = set(entry) - SITE_KEYS
+    if unknown:
+        raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if not entry.get("url"):
+        raise TargetError(f"{where}: missing url")
+    merged = {**defaults, **{k: v for k, v in entry.items() if v not in (None, "")}}
+    env = dict(environ)
+    if merged.get("password_env"):
+        if merged["password_env"] not in environ:
+            raise TargetError(f"{where}: environment variable {merged['password_env']} is not set")
+        env["FTPPROBE_PASSWORD"] = environ[merged["password_env"]]
+    if merged.get("user_env"):
+        env["FTPPROBE_USER"] = environ.get(merged["user_env"], "")
+    try:
+        target = parse_target(str(merged["url"]), environ=env)
+        timeout = float(merged.get("timeout", 5.0))
+        samples = int(merged.get("samples", 10))
+    except (TargetError, ValueError) as exc:
+        raise TargetError(f"{where}: {exc}") from None
+    probes = merged.get("probes", CHECK_PROBES)
+    if isinstance(probes, str):
+        probes = [p.strip() for p in probes.split(";") if p.strip()]
+    known = {p.name for p in load_catalog(vantage="server")}
+    if bad := [p for p in probes if p not in known]:
+        raise TargetError(f"{where}: unknown probe(s) {', '.join(bad)}")
+    return Site(name=str(merged.get("name") or target.url), target=target, timeout=timeout,
+                samples=samples, probes=tuple(probes), reflector=merged.get("reflector"))
+
+
+def load_targets(path: str, environ=None) -> list[Site]:
+    """Sites from a TOML file (``[defaults]`` and ``[[site]]`` tables) or a CSV
+    file (header ``name,url[,reflector,timeout,samples,probes,password_env]``).
+
+    Raises :class:`TargetError` naming the file, the line and the problem.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    sites: list[Site] = []
+    if path.endswith(".csv"):
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "url" not in reader.fieldnames:
+            raise TargetError(f"{path}, line 1: the CSV header must name a 'url' column")
+        for row in reader:
+            sites.append(_site_from(row, f"{path}, line {reader.line_num}", {}, environ))
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise TargetError(f"{path}: {exc}") from None
+        entries = data.get("site", [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise TargetError(f"{path}: 'site' must be an array of tables ([[site]])")
+        lines = text.splitlines()
+        site_lines = [i + 1 for i, line in enumerate(lines) if line.strip() == "[[site]]"]
+        for n, entry in enumerate(entries):
+            where = f"{path}, line {site_lines[n] if n < len(site_lines) else '?'} (site {n + 1})"
+            sites.append(_site_from(entry, where, data.get("defaults", {}), environ))
+    if not sites:
+        raise TargetError(f"{path}: no sites")
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise TargetError(f"{path}: site names must be unique")
+    return sites
+
+
+async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_per_site: int = 2,
+                      deadline: float = 300.0, site_deadline: float = 60.0,
+                      progress=lambda message: None) -> list[SiteResult]:
+    """Probe every site concurrently; never more than ``max_connections`` control
+    sessions open at once.  A site that does not finish within ``site_deadline``
+    seconds, or before the overall ``deadline``, is reported down with the reason."""
+    parallel = max(1, max_connections // sessions_per_site)
+    limiter = trio.CapacityLimiter(parallel)
+    catalog = {p.name: p for p in load_catalog(vantage="server")}
+    results: dict[str, SiteResult] = {}
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    async def one(site: Site) -> None:
+        async with limiter:
+            report = await run_probes(site.target, probes=[catalog[n] for n in site.probes], timeout=site.timeout,
+                                      deadline=site_deadline, samples=site.samples, max_sessions=sessions_per_site)
+        results[site.name] = SiteResult(site, report)
+        progress(f"{len(results)}/{len(sites)} sites checked ({site.name}: "
+                 f"{'down: ' + report.error if report.error else 'up'})")
+
+    with trio.move_on_after(deadline):
+        async with trio.open_nursery() as nursery:
+            for site in sites:
+                nursery.start_soon(one, site)
+    for site in sites:
+        if site.name not in results:
+            results[site.name] = SiteResult(site, ProbeReport(site.target.url, started, duration_s=deadline,
+                                                              error=f"overall deadline of {deadline:g} s passed"))
+    return [results[s.name] for s in sites]
+
+
+# -- baselines ----------------------------------------------------------------
+
+
+def baseline_entry(result: SiteResult) -> dict:
+    p = result.report.passive
+    return {
+        "url": result.site.target.url,
+        "up": result.up,
+        "findings": {f.id: f.status for f in result.report.findings},
+        "passive": {k: p.get(k) for k in ("estimate_low", "estimate_high", "uncertainty", "addresses", "allocation")}
+        if p else {},
+    }
+
+
+def save_baseline(path: str, results: list[SiteResult]) -> None:
+    """Write the baseline atomically (a temporary file, then rename)."""
+    data = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION,
+            "saved": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "sites": {r.site.name: baseline_entry(r) for r in results}}
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_baseline(path: str) -> dict:
+    """Read a baseline.  Raises :class:`TargetError` for an unreadable,
+    malformed or foreign file, or one from an unknown (newer) version."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot read baseline: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", "?")
+        raise TargetError(f"{path}, line {line}: not a JSON baseline ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
+        raise TargetError(f"{path}: not an ftpprobe baseline (no \"format\": \"{BASELINE_FORMAT}\")")
+    version = data.get("version")
+    if version != BASELINE_VERSION:
+        raise TargetError(f"{path}: baseline version {version!r} is not supported by this ftpprobe "
+                          f"(it reads version {BASELINE_VERSION}); save a new one with --save-baseline")
+    if not isinstance(data.get("sites"), dict):
+        raise TargetError(f"{path}: baseline has no \"sites\" object")
+    return data
+
+
+def compare_baseline(result: SiteResult, baseline: dict) -> list[Finding]:
+    """What changed since the baseline, as ``change.*`` findings (only present ones)."""
+    old = baseline["sites"].get(result.site.name)
+    saved = baseline.get("saved", "?")
+    if old is None:
+        return []
+    changes: list[Finding] = []
+    if old.get("up") and not result.up:
+        changes.append(Finding("change.site-dark", "present",
+                               [f"up at the baseline of {saved}; now: {result.report.error}"],
+                               "the site stopped answering since the baseline: check power, router, server"))
+    if not result.up:
+        return changes
+    now = {f.id: f.status for f in result.report.findings}
+    for quirk, status in now.items():
+        if status == "present" and old["findings"].get(quirk) == "absent":
+            changes.append(Finding("change.quirk-appeared", "present",
+                                   [f"{quirk}: absent at the baseline of {saved}, present now"],
+                                   "a new problem since the baseline: see that finding's advice",
+                                   data={"quirk": quirk}))
+    old_p, new_p = old.get("passive") or {}, result.report.passive or {}
+    if old_p.get("estimate_low") is not None and new_p.get("estimate_low") is not None:
+        tolerance = max(old_p.get("uncertainty") or 0, new_p.get("uncertainty") or 0) * 3 + 1
+        if (abs(old_p["estimate_low"] - new_p["estimate_low"]) > tolerance
+                or abs(old_p["estimate_high"] - new_p["estimate_high"]) > tolerance):
+            changes.append(Finding(
+                "change.pasv-range-moved", "present",
+                [f"passive range {old_p['estimate_low']}-{old_p['estimate_high']} at the baseline of {saved}, "
+                 f"now {new_p['estimate_low']}-{new_p['estimate_high']} (tolerance ±{tolerance})"],
+                "the server's passive range changed: forward the new range, or restore the old setting",
+                data={"old": [old_p["estimate_low"], old_p["estimate_high"]],
+                      "new": [new_p["estimate_low"], new_p["estimate_high"]]}))
+    old_addr, new_addr = set((old_p.get("addresses") or {})), set((new_p.get("addresses") or {}))
+    if old_addr and new_addr and old_addr != new_addr:
+        changes.append(Finding("change.pasv-address-changed", "present",
+                               [f"227 address {', '.join(sorted(old_addr))} at the baseline of {saved}, "
+                                f"now {', '.join(sorted(new_addr))}"],
+                               "the address the server announces changed (new public IP? server moved?)"))
+    return changes
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and
+    a rename, so readers (node_exporter's textfile collector) never see half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
