@@ -24,7 +24,8 @@ class PyftpdlibServer:
     ``max_cons``: concurrent sessions (0 = unlimited); ``user``/``password``:
     an account with read access besides anonymous (password random by
     default); ``masquerade_address``: address to announce in 227 replies.
-    Use as a context manager; ``port`` is set once started.
+    ``port``: control port (0: the kernel picks).  Use as a context manager;
+    ``port`` holds the bound port once started.
     """
 
     host: str = "127.0.0.1"
@@ -66,7 +67,7 @@ class PyftpdlibServer:
         handler.timeout = 60
         # An I/O loop of its own: pyftpdlib's default is one per process, which
         # two servers' threads would share and corrupt.
-        self._server = FTPServer((self.host, 0), handler, ioloop=IOLoop())
+        self._server = FTPServer((self.host, self.port), handler, ioloop=IOLoop())
         self._server.max_cons = self.max_cons
         self.port = self._server.address[1]
         self._stop = threading.Event()

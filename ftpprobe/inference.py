@@ -347,9 +347,16 @@ def _unreachable(observations: Observations, context: dict) -> Finding:
                    data={"unreachable_ranges": pmap.unreachable_ranges})
 
 
+#: Addresses a 227 reply must not advertise to the internet (QUIRKS.md): RFC 1918,
+#: loopback, link-local, CGNAT (RFC 6598) and IPv6 unique-local.  Not ``is_private``,
+#: which also counts the documentation ranges the labs use as "the internet".
+NON_ROUTABLE = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10",
+    "::1/128", "fe80::/10", "fc00::/7"))
+
+
 def _non_routable(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return (addr.is_private or addr.is_loopback or addr.is_link_local
-            or addr in ipaddress.ip_network("100.64.0.0/10"))
+    return any(addr.version == net.version and addr in net for net in NON_ROUTABLE)
 
 
 @rule("server.pasv-private-address")

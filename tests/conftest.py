@@ -1,8 +1,15 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+# Subprocesses (the CLI, servers in network namespaces) run this checkout's
+# code, not whatever version of ftpprobe is installed.
+ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 from ftpprobe.demo import PyftpdlibServer
 
