@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import struct
 import threading
 import time
 
@@ -23,8 +24,14 @@ def _read_line(conn: socket.socket) -> bytes:
     return buf
 
 
-def _basic(conn: socket.socket, server: "HostileServer", pasv_reply: bytes | None = None) -> None:
-    """A minimal FTP dialogue: login, PASV (a listener of our own), everything else 502."""
+def _own_pasv(server: "HostileServer") -> bytes:
+    return f"227 Entering Passive Mode (127,0,0,1,{server.data_port >> 8},{server.data_port & 255})\r\n".encode()
+
+
+def _basic(conn: socket.socket, server: "HostileServer", pasv_reply: bytes | None = None,
+           epsv_reply: bytes | None = None, on_port=None, on_list=None) -> None:
+    """A minimal FTP dialogue: login, PASV/EPSV as given, PORT/LIST as the hooks
+    say, everything else 502."""
     conn.sendall(b"220 hostile ready\r\n")
     while True:
         line = _read_line(conn)
@@ -37,6 +44,13 @@ def _basic(conn: socket.socket, server: "HostileServer", pasv_reply: bytes | Non
             conn.sendall(b"230 ok\r\n")
         elif verb in (b"PASV", b"P@SW") and pasv_reply is not None:
             conn.sendall(pasv_reply)
+        elif verb == b"EPSV" and epsv_reply is not None:
+            conn.sendall(epsv_reply)
+        elif verb == b"PORT" and on_port is not None:
+            if on_port(conn) is False:
+                return
+        elif verb == b"LIST" and on_list is not None:
+            on_list(conn)
         elif verb == b"QUIT":
             conn.sendall(b"221 bye\r\n")
             return
@@ -87,8 +101,51 @@ def pasv_bad_numbers(conn, server):
     _basic(conn, server, pasv_reply=b"227 Entering Passive Mode (127,0,0,1,300,1)\r\n")
 
 
+def greets_late(conn, server):
+    time.sleep(server.late)
+    _basic(conn, server)
+
+
+def pasv_port_zero(conn, server):
+    _basic(conn, server, pasv_reply=b"227 Entering Passive Mode (127,0,0,1,0,0)\r\n",
+           epsv_reply=b"229 Extended (|||65536|)\r\n")
+
+
+def reset_after_port(conn, server):
+    def reset(c):
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # SO_LINGER 0: the close sends RST
+        return False
+    _basic(conn, server, on_port=reset)
+
+
+def half_closes(conn, server):
+    conn.sendall(b"220 hello\r\n")
+    conn.shutdown(socket.SHUT_WR)
+    while _read_line(conn):
+        pass
+
+
+def data_silent(conn, server):
+    """LIST: 150, the data connection is accepted (by our listener) and nothing is ever sent."""
+    def silent(c):
+        c.sendall(b"150 here it comes\r\n")
+        time.sleep(30)
+    _basic(conn, server, pasv_reply=_own_pasv(server), on_list=silent)
+
+
+def list_1gb(conn, server):
+    """LIST: 150, then 1 GB on the data connection (stopped when the reader hangs up)."""
+    def flood(c):
+        c.sendall(b"150 a big one\r\n")
+        server.flood_data = True
+        time.sleep(10)
+    _basic(conn, server, pasv_reply=_own_pasv(server), on_list=flood)
+
+
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
-    never_greets, huge_line, endless_multiline, drips, login_refused, pasv_third_party, pasv_bad_numbers)}
+    never_greets, huge_line, endless_multiline, drips, login_refused, pasv_third_party, pasv_bad_numbers,
+    greets_late, pasv_port_zero, reset_after_port, half_closes, data_silent, list_1gb)}
 
 
 class HostileServer:
@@ -99,7 +156,11 @@ class HostileServer:
     ``pasv-third-party`` scenario advertises.
     """
 
-    def __init__(self, scenario: str, host: str = "127.0.0.1", third_party: str = "127.0.0.2") -> None:
+    def __init__(self, scenario: str, host: str = "127.0.0.1", third_party: str = "127.0.0.2",
+                 late: float = 0.0) -> None:
+        self.late = late
+        self.flood_data = False
+        self.data_sent = 0
         self.scenario = SCENARIOS[scenario]
         self.host = host
         self.third_party = third_party
@@ -134,6 +195,22 @@ class HostileServer:
             except OSError:
                 return
             self.data_connections += 1
+            threading.Thread(target=self._serve_data, args=(conn,), daemon=True).start()
+
+    def _serve_data(self, conn):
+        """Hold the data connection; in the list-1gb scenario, stream up to 1 GB."""
+        chunk = b"-rw-r--r-- 1 ftp ftp 1 Jan 01 00:00 f\r\n" * 1000
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.data_sent < (1 << 30):
+                if self.flood_data:
+                    conn.sendall(chunk)
+                    self.data_sent += len(chunk)
+                else:
+                    time.sleep(0.05)
+        except OSError:
+            pass
+        finally:
             conn.close()
 
     def __exit__(self, *exc):

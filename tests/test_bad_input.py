@@ -93,3 +93,81 @@ async def test_227_with_numbers_over_255_is_a_clear_error():
     assert f["server.pasv-range"].status == "inconclusive"
     assert "number over 255" in " ".join(f["server.pasv-range"].evidence)
     assert f["server.epsv-unsupported"].status == "present"  # 502 not here
+
+
+def _probes(*names):
+    return [p for p in load_catalog() if p.name in names]
+
+
+async def run_with_trap(server, probe_names, **kw):
+    """run_probes against ``server`` while a listener on 127.0.0.2 (every port the
+    hostile server names) must see no connection at all."""
+    import trio
+
+    traps = []
+    for port in {server.data_port, server.port}:
+        trap = trio.socket.socket()
+        await trap.bind(("127.0.0.2", port))
+        trap.listen(5)
+        traps.append(trap)
+    try:
+        report = await run_probes(Target(server.host, server.port), probes=_probes(*probe_names),
+                                  timeout=TIMEOUT, **kw)
+        for trap in traps:
+            with trio.move_on_after(0.1):
+                await trap.accept()
+                pytest.fail("the prober connected to an address other than the control peer")
+    finally:
+        for trap in traps:
+            trap.close()
+    return report, {f.id: f for f in report.findings}
+
+
+async def test_greeting_after_the_deadline():
+    with HostileServer("greets-late", late=TIMEOUT + 0.5) as server:
+        report, _ = await run_with_trap(server, ["pasv-map"])
+    assert "no complete reply within 1.5 s" in report.error
+
+
+async def test_227_port_0_and_229_port_65536():
+    with HostileServer("pasv-port-zero") as server:
+        report, f = await run_with_trap(server, ["pasv-map", "epsv"], samples=4)
+    assert f["server.pasv-range"].status == "inconclusive"
+    assert "227 reply: port 0" in " ".join(f["server.pasv-range"].evidence)
+    obs = report.observations["epsv"]
+    assert obs.data["parse_error"] == "229 reply: port 65536 out of range"
+
+
+async def test_reset_after_port_is_a_finding():
+    with HostileServer("reset-after-port") as server:
+        report, f = await run_with_trap(server, ["port-own"])
+    assert f["server.port-reset"].status == "present"
+    assert "reset" in f["server.port-reset"].evidence[0]
+
+
+async def test_half_close_after_greeting():
+    with HostileServer("half-closes") as server:
+        report, _ = await run_with_trap(server, ["pasv-map"])
+    assert report.error.startswith("USER anonymous\\r\\n: connection closed by peer")
+
+
+async def test_data_connection_that_never_sends_ends_within_the_deadline():
+    import time
+
+    with HostileServer("data-silent") as server:
+        started = time.monotonic()
+        report, f = await run_with_trap(server, ["list-format"])
+        elapsed = time.monotonic() - started
+    assert f["server.list-unparseable"].status == "inconclusive"
+    assert report.observations["list-format"].data["data_timed_out"] is True
+    assert elapsed < 4 * TIMEOUT  # read timeout plus the final-reply timeout, nothing more
+
+
+async def test_list_of_1_gb_is_cut_at_1_mib():
+    with HostileServer("list-1gb") as server:
+        report, f = await run_with_trap(server, ["list-format"])
+        sent = server.data_sent
+    data = report.observations["list-format"].data
+    assert data["truncated"] is True and data["bytes"] >= 1 << 20
+    assert "(read stopped at 1 MiB)" in f["server.list-unparseable"].evidence[0]
+    assert sent < 1 << 30  # the prober hung up long before a gigabyte

@@ -159,3 +159,25 @@ def test_documented_crontab_icinga_and_node_exporter_commands_work(pyftpd, tmp_p
     assert done.returncode == 0
     prom = (textfile / "ftpprobe.prom").read_text()
     assert {f.name for f in text_string_to_metric_families(prom)} >= {"ftpprobe_site_up", "ftpprobe_quirk_present"}
+
+
+@pytest.mark.parametrize("fmt", ["nagios", "jsonl", "prometheus"])
+def test_password_never_in_any_output_or_file(pyftpd, tmp_path, fmt):
+    import os
+
+    secret = "Pa55-s3cret-XyZ"
+    server = pyftpd(passive_ports=(54960, 54969), password=secret, anonymous=False)
+    baseline, prom = tmp_path / "b.json", tmp_path / "p.prom"
+    env = {**os.environ, "SHOP_PW": secret, "NETRC": "/nonexistent"}
+    sites = tmp_path / "sites.toml"
+    sites.write_text(f'[[site]]\nname = "env"\nurl = "ftp://{server.user}@{server.host}:{server.port}/"\n'
+                     f'password_env = "SHOP_PW"\n\n'
+                     f'[[site]]\nname = "url"\nurl = "ftp://{server.user}:{secret}@{server.host}:{server.port}/"\n\n'
+                     f'[[site]]\nname = "wrong"\nurl = "ftp://{server.user}:{secret}x@{server.host}:{server.port}/"\n'
+                     f'timeout = 4\n')
+    done = run_cli("check", "--targets", str(sites), "--format", fmt, "--save-baseline", str(baseline),
+                   "--prometheus-file", str(prom), env=env)
+    assert done.returncode == 2  # the wrong password: login refused, site down
+    for text in (done.stdout, done.stderr, baseline.read_text(), prom.read_text()):
+        assert secret not in text
+    assert "login as 'demo' refused" in done.stdout or fmt == "prometheus"
