@@ -155,3 +155,26 @@ def test_fuzz_port_round_trip(addr, port):
     assert parse_port(encode_port(addr, port)) == (addr, port)
     assert parse_227(f"227 Entering Passive Mode ({encode_port(addr, port)})") == (addr, port)
     assert parse_eprt(encode_eprt(addr, port)) == (addr, port)
+
+
+@given(st.text(max_size=300))
+def test_fuzz_address_parsers_raise_only_protocol_error(text):
+    for parse in (parse_227, parse_229, parse_port, parse_eprt):
+        try:
+            parse(text)
+        except ProtocolError:
+            pass
+
+
+@given(st.lists(st.binary(min_size=1, max_size=600), max_size=40))
+def test_fuzz_reader_buffer_stays_bounded(chunks):
+    """Whatever arrives, the reader holds at most max_line + one chunk, or fails."""
+    reader = ReplyReader(max_line=512, max_reply=4096)
+    try:
+        for chunk in chunks:
+            reader.feed(chunk)
+            while reader.next_reply() is not NEED_DATA:
+                pass
+            assert len(reader.buffered) <= 4096 + 512 + 600
+    except ProtocolError:
+        pass
