@@ -25,6 +25,7 @@ from .data import MAX_DATA_BYTES, ActiveListener, connect_passive, passive_targe
 from .errors import FtpProbeError, ProtocolError, ReplyTimeout
 from .passive import PassiveSample
 from .reflector import TAG as REFLECTOR_TAG
+from .reflector import parse_declared, parse_reflection
 from .target import Target
 from .transport import ControlSession, Exchange
 
@@ -482,13 +483,17 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
 # -- the reflector vantage: what does the path (NAT, ALG) do to FTP? ---------
 
 
-def _control_port(ctx: ProbeContext, probe: Probe) -> int | None:
-    return ctx.other_port if probe.params.get("control") == "other" else ctx.target.port
+def _control_port(ctx: ProbeContext, probe: Probe, obs: Observation) -> int | None:
+    """The reflector port this probe talks to; None (and ``skipped`` noted) if
+    it wants the second port and none was given."""
+    if probe.params.get("control") != "other":
+        return ctx.target.port
+    if ctx.other_port is None:
+        obs.data["skipped"] = "no second control port given"
+    return ctx.other_port
 
 
 def _reflection_data(obs: Observation, ex: Exchange, sent: bytes) -> None:
-    from .reflector import parse_reflection
-
     obs.data["sent"] = sent.hex()
     if ex.reply is not None:
         seen = parse_reflection(ex.reply.text)
@@ -505,9 +510,7 @@ async def run_reflect_active(ctx: ProbeContext, probe: Probe) -> Observation:
     control peer's address on the port as it arrived."""
     obs = Observation(probe.name)
     assert probe.command is not None
-    port = _control_port(ctx, probe)
-    if port is None:
-        obs.data["skipped"] = "no second control port given"
+    if (port := _control_port(ctx, probe, obs)) is None:
         return obs
     async with ctx.session(login=not probe.params.get("first_line", False), port=port) as s:
         local = s.local_address
@@ -534,13 +537,9 @@ async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> Observation:
     """PASV/EPSV variant to the reflector: did the command arrive intact, was
     the 227/229 reply rewritten (against what the reflector declared), and
     does a data connection to the advertised port reach it?"""
-    from .reflector import parse_declared
-
     obs = Observation(probe.name)
     assert probe.command is not None
-    port = _control_port(ctx, probe)
-    if port is None:
-        obs.data["skipped"] = "no second control port given"
+    if (port := _control_port(ctx, probe, obs)) is None:
         return obs
     async with ctx.session(login=True, port=port) as s:
         obs.data.update(local=[str(s.local_address), s.local_port], control_port=port)

@@ -20,7 +20,7 @@ import trio
 
 from .catalog import load_catalog
 from .errors import FtpProbeError, TargetError
-from .findings import Finding
+from .findings import Finding, exit_code
 from .runner import ProbeReport, run_probes
 from .target import Target, parse_target
 
@@ -64,13 +64,7 @@ class SiteResult:
     @property
     def status(self) -> int:
         """Nagios: 0 OK, 1 WARNING, 2 CRITICAL (down, or a critical quirk)."""
-        if self.report.error:
-            return 2
-        worst = 0
-        for f in self.findings:
-            if f.status == "present":
-                worst = max(worst, {"info": 0, "warning": 1, "critical": 2}[f.severity or "info"])
-        return worst
+        return 2 if self.report.error else exit_code(self.findings)
 
 
 def _site_from(entry: dict, where: str, defaults: dict, environ) -> Site:

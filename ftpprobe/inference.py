@@ -14,6 +14,7 @@ from .executors import Observation
 from .findings import Finding
 from .codec import escape
 from .passive import PassiveMap, analyze, format_ranges
+from .rewrite import compare
 
 Observations = dict[str, Observation]
 Rule = Callable[[Observations, dict], Finding]
@@ -415,8 +416,6 @@ def infer(observations: Observations, decided: list[str], context: dict) -> list
 
 def comparison(obs: Observation | None):
     """What the path did to the probe's line (:class:`ftpprobe.rewrite.Comparison`), or None."""
-    from .rewrite import compare
-
     if obs is None or "arrived" not in obs.data:
         return None
     return compare(bytes.fromhex(obs.data["sent"]), bytes.fromhex(obs.data["arrived"]))

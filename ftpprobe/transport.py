@@ -249,11 +249,9 @@ class ControlSession:
     async def exchange(self, command: Command, *, cuts: tuple[int, ...] = (),
                        timeout: float | None = None) -> Exchange:
         """Send ``command`` (split at ``cuts``) and read its reply, never raising
-        for the peer's behaviour: the outcome is recorded in the returned
-        :class:`Exchange` (and in :attr:`history`).
-
-        Raises only :class:`ProtocolError` when a previous malformed reply made
-        the stream unusable.
+        for the peer's behaviour: the outcome (reply, timeout with TCP_INFO,
+        closed, reset, malformed) is recorded in the returned :class:`Exchange`
+        and in :attr:`history`.
         """
         chunks = command.segments(cuts) if cuts else [command.encode()]
         ex = Exchange(sent=command.display(), segments=len(chunks), outcome="reply")

@@ -40,24 +40,27 @@ def check_lab() -> None:
     sh("ip", "netns", "del", probe, check=False)
 
 
-class NatLab:
-    """LAN client behind a masquerading Linux router, an outside host.
+class ThreeHostLab:
+    """Base: two hosts joined through a Linux router, each host on its own veth.
 
-    ``helper_port``: control port the kernel FTP helper is attached to (None:
-    no helper).  Namespace names are unique per lab, so labs can coexist.
+    Subclasses set ``ROLES`` (host a, host b prefixes), the addresses, and
+    :meth:`rules` (the router's nftables ruleset).  Namespace names are unique
+    per lab, so labs can coexist; everything is removed on exit.
     """
 
-    LAN, RTR_LAN, RTR_WAN, OUT = "10.0.0.2", "10.0.0.1", "198.51.100.1", "198.51.100.2"
+    #: (namespace prefix, host address, router address, router interface) for each side
+    SIDES: tuple[tuple[str, str, str, str], tuple[str, str, str, str]]
 
-    def __init__(self, helper_port: int | None = 21) -> None:
-        self.helper_port = helper_port
+    def __init__(self) -> None:
         tag = uuid.uuid4().hex[:6]
-        self.lan, self.rtr, self.out = f"fp-lan-{tag}", f"fp-rtr-{tag}", f"fp-out-{tag}"
+        (a, *_), (b, *_) = self.SIDES
+        self.names = (f"fl-{a}-{tag}", f"fl-rtr-{tag}", f"fl-{b}-{tag}")
+        self.rtr = self.names[1]
 
     def ns(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", name, *args, check=check)
 
-    def __enter__(self) -> "NatLab":
+    def __enter__(self):
         check_lab()
         try:
             self._build()
@@ -67,47 +70,68 @@ class NatLab:
         return self
 
     def _build(self) -> None:
-        for name in (self.lan, self.rtr, self.out):
+        for name in self.names:
             sh("ip", "netns", "add", name)
             self.ns(name, "ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", "veth-lan", "netns", self.lan, "type", "veth", "peer", "name", "lan0", "netns", self.rtr)
-        sh("ip", "link", "add", "veth-out", "netns", self.out, "type", "veth", "peer", "name", "wan0", "netns", self.rtr)
-        self.ns(self.lan, "ip", "addr", "add", f"{self.LAN}/24", "dev", "veth-lan")
-        self.ns(self.lan, "ip", "link", "set", "veth-lan", "up")
-        self.ns(self.lan, "ip", "route", "add", "default", "via", self.RTR_LAN)
-        self.ns(self.rtr, "ip", "addr", "add", f"{self.RTR_LAN}/24", "dev", "lan0")
-        self.ns(self.rtr, "ip", "addr", "add", f"{self.RTR_WAN}/24", "dev", "wan0")
-        self.ns(self.rtr, "ip", "link", "set", "lan0", "up")
-        self.ns(self.rtr, "ip", "link", "set", "wan0", "up")
         self.ns(self.rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.ns(self.out, "ip", "addr", "add", f"{self.OUT}/24", "dev", "veth-out")
-        self.ns(self.out, "ip", "link", "set", "veth-out", "up")
-        helper = ""
-        if self.helper_port is not None:
-            helper = f"""
+        for host, (_, address, router_address, router_if) in zip((self.names[0], self.names[2]), self.SIDES):
+            sh("ip", "link", "add", "veth0", "netns", host, "type", "veth", "peer", "name", router_if, "netns", self.rtr)
+            self.ns(host, "ip", "addr", "add", f"{address}/24", "dev", "veth0")
+            self.ns(host, "ip", "link", "set", "veth0", "up")
+            self.ns(host, "ip", "route", "add", "default", "via", router_address)
+            self.ns(self.rtr, "ip", "addr", "add", f"{router_address}/24", "dev", router_if)
+            self.ns(self.rtr, "ip", "link", "set", router_if, "up")
+        sh("ip", "netns", "exec", self.rtr, "nft", "-f", "-", input=self.rules())
+
+    def rules(self) -> str:
+        raise NotImplementedError
+
+    def __exit__(self, *exc) -> None:
+        for name in self.names:
+            sh("ip", "netns", "del", name, check=False)
+
+
+def helper_rules(port: int | None) -> str:
+    """An nftables ct helper object for the kernel FTP helper on ``port``,
+    assigned in prerouting at priority -150 (after conntrack, before DNAT)."""
+    if port is None:
+        return ""
+    return f"""
   ct helper ftp-std {{ type "ftp" protocol tcp; }}
-  chain pre {{
+  chain helpers {{
     type filter hook prerouting priority -150; policy accept;
-    tcp dport {self.helper_port} ct helper set "ftp-std"
+    tcp dport {port} ct helper set "ftp-std"
   }}"""
-        rules = f"""table ip lab {{{helper}
+
+
+class NatLab(ThreeHostLab):
+    """LAN client behind a masquerading Linux router, an outside host::
+
+        lan 10.0.0.2 --- 10.0.0.1 rtr 198.51.100.1 --- 198.51.100.2 out
+
+    ``helper_port``: control port the kernel FTP helper is attached to (None: no helper).
+    """
+
+    LAN, RTR_LAN, RTR_WAN, OUT = "10.0.0.2", "10.0.0.1", "198.51.100.1", "198.51.100.2"
+    SIDES = (("lan", LAN, RTR_LAN, "lan0"), ("out", OUT, RTR_WAN, "wan0"))
+
+    def __init__(self, helper_port: int | None = 21) -> None:
+        super().__init__()
+        self.helper_port = helper_port
+        self.lan, _, self.out = self.names
+
+    def rules(self) -> str:
+        return f"""table ip lab {{{helper_rules(self.helper_port)}
   chain post {{
     type nat hook postrouting priority 100; policy accept;
     oifname "wan0" masquerade
   }}
 }}
 """
-        sh("ip", "netns", "exec", self.rtr, "nft", "-f", "-", input=rules)
-
-    def __exit__(self, *exc) -> None:
-        for name in (self.lan, self.rtr, self.out):
-            sh("ip", "netns", "del", name, check=False)
 
 
-class SiteLab:
-    """An outside prober, a site router doing DNAT, and a server inside.
-
-    Topology::
+class SiteLab(ThreeHostLab):
+    """An outside prober, a site router doing DNAT, and a server inside::
 
         out 203.0.113.2 --- 203.0.113.1 rtr 192.168.1.1 --- 192.168.1.10 srv
 
@@ -118,50 +142,18 @@ class SiteLab:
     """
 
     PROBER, PUBLIC, RTR_LAN, SERVER = "203.0.113.2", "203.0.113.1", "192.168.1.1", "192.168.1.10"
+    SIDES = (("out", PROBER, PUBLIC, "wan0"), ("srv", SERVER, RTR_LAN, "lan0"))
 
     def __init__(self, *, helper: bool, forward: tuple[int, int] | None, control_port: int = 21) -> None:
+        super().__init__()
         self.helper, self.forward, self.control_port = helper, forward, control_port
-        tag = uuid.uuid4().hex[:6]
-        self.out, self.rtr, self.srv = f"fs-out-{tag}", f"fs-rtr-{tag}", f"fs-srv-{tag}"
+        self.out, _, self.srv = self.names
 
-    ns = NatLab.ns
-
-    def __enter__(self) -> "SiteLab":
-        check_lab()
-        try:
-            self._build()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def _build(self) -> None:
-        for name in (self.out, self.rtr, self.srv):
-            sh("ip", "netns", "add", name)
-            self.ns(name, "ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", "veth-out", "netns", self.out, "type", "veth", "peer", "name", "wan0", "netns", self.rtr)
-        sh("ip", "link", "add", "veth-srv", "netns", self.srv, "type", "veth", "peer", "name", "lan0", "netns", self.rtr)
-        self.ns(self.out, "ip", "addr", "add", f"{self.PROBER}/24", "dev", "veth-out")
-        self.ns(self.out, "ip", "link", "set", "veth-out", "up")
-        self.ns(self.rtr, "ip", "addr", "add", f"{self.PUBLIC}/24", "dev", "wan0")
-        self.ns(self.rtr, "ip", "addr", "add", f"{self.RTR_LAN}/24", "dev", "lan0")
-        self.ns(self.rtr, "ip", "link", "set", "wan0", "up")
-        self.ns(self.rtr, "ip", "link", "set", "lan0", "up")
-        self.ns(self.rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.ns(self.srv, "ip", "addr", "add", f"{self.SERVER}/24", "dev", "veth-srv")
-        self.ns(self.srv, "ip", "link", "set", "veth-srv", "up")
-        self.ns(self.srv, "ip", "route", "add", "default", "via", self.RTR_LAN)
-        helper = forward = ""
-        if self.helper:
-            helper = f"""
-  ct helper ftp-std {{ type "ftp" protocol tcp; }}
-  chain helpers {{
-    type filter hook prerouting priority -150; policy accept;
-    tcp dport {self.control_port} ct helper set "ftp-std"
-  }}"""
+    def rules(self) -> str:
+        forward = ""
         if self.forward:
             forward = f'\n    iifname "wan0" tcp dport {self.forward[0]}-{self.forward[1]} dnat to {self.SERVER}'
-        rules = f"""table ip site {{{helper}
+        return f"""table ip site {{{helper_rules(self.control_port if self.helper else None)}
   chain pre {{
     type nat hook prerouting priority -100; policy accept;
     iifname "wan0" tcp dport {self.control_port} dnat to {self.SERVER}:21{forward}
@@ -172,8 +164,3 @@ class SiteLab:
   }}
 }}
 """
-        sh("ip", "netns", "exec", self.rtr, "nft", "-f", "-", input=rules)
-
-    def __exit__(self, *exc) -> None:
-        for name in (self.out, self.rtr, self.srv):
-            sh("ip", "netns", "del", name, check=False)
