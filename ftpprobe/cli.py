@@ -92,17 +92,25 @@ def main() -> None:
     """
 
 
-def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc):
+def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc,
+         from_lan=False):
     try:
         target = parse_target(url, use_netrc=not no_netrc)
         probes = _select(only)
         report = trio.run(lambda: run_probes(
             target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
-            max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=_progress(not as_json)))
+            max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
+            from_lan=from_lan))
     except FtpProbeError as exc:
         _fail(str(exc))
     click.echo(render_json(report) if as_json else render_text(report))
     sys.exit(report.exit_code)
+
+
+def from_lan_option(fn):
+    return click.option("--from-lan", is_flag=True,
+                        help="You are inside the site's LAN and the URL names its public address: decide "
+                             "path.hairpin (control works, data connections do not).")(fn)
 
 
 @main.command(epilog=EPILOG_PROBE)
@@ -110,6 +118,7 @@ def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address
 @click.option("--samples", type=click.IntRange(0, 100000), default=20, show_default=True,
               help="Passive replies (PASV/EPSV) to sample for the range map; each is tried with a data connection.")
 @click.option("--only", metavar="NAMES", help="Comma-separated probe names to run (default: all).")
+@from_lan_option
 @common_options
 def probe(url, samples, only, **options):
     """Probe an FTP server end to end and report its quirks.
@@ -125,6 +134,7 @@ def probe(url, samples, only, **options):
 @click.argument("url", metavar="ftp://[USER[:PASSWORD]@]HOST[:PORT]/")
 @click.option("--samples", type=click.IntRange(1, 100000), default=60, show_default=True,
               help="Passive replies to sample.")
+@from_lan_option
 @common_options
 def map_pasv(url, samples, **options):
     """Map a server's passive port range.

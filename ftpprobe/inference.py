@@ -401,6 +401,32 @@ def _mismatch(observations: Observations, context: dict) -> Finding:
     return Finding(quirk, "absent", evidence)
 
 
+@rule("path.hairpin")
+def _hairpin(observations: Observations, context: dict) -> Finding:
+    quirk = "path.hairpin"
+    if not context.get("from_lan"):
+        return Finding(quirk, "skipped", ["decidable only from inside the site's LAN towards its public "
+                                          "address: run with --from-lan"])
+    pmap, missing = _map_or_missing(quirk, observations)
+    if missing:
+        return missing
+    assert pmap is not None
+    peer = context["peer"]
+    evidence = [f"the control connection to {peer} worked (greeting and login)",
+                f"{pmap.reachable} of {pmap.tried} passive data connections to {peer} succeeded"]
+    if pmap.tried and pmap.reachable == 0:
+        inside = [a for a in pmap.addresses if a != peer]
+        if inside:
+            evidence.append(f"the server advertises {', '.join(inside)} in its 227 replies")
+        return Finding(quirk, "present", evidence,
+                       f"enable hairpin NAT (NAT loopback) for the passive range {pmap.estimate_low}-"
+                       f"{pmap.estimate_high} on the site's router, or let LAN clients use the server's "
+                       "internal address (split DNS)")
+    if not pmap.tried:
+        return Finding(quirk, "inconclusive", evidence)
+    return Finding(quirk, "absent", evidence)
+
+
 def infer(observations: Observations, decided: list[str], context: dict) -> list[Finding]:
     """Run the rule of every quirk id in ``decided`` (in that order).
 

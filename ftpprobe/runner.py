@@ -77,12 +77,14 @@ async def _observe(ctx: ProbeContext, probe: Probe) -> Observation:
 async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
                      deadline: float = 120.0, samples: int = 20, max_sessions: int = 4,
                      trust_pasv_address: bool = False, progress=lambda message: None,
-                     vantage: str = "server", other_port: int | None = None) -> ProbeReport:
+                     vantage: str = "server", other_port: int | None = None,
+                     from_lan: bool = False) -> ProbeReport:
     """Probe ``target`` with ``probes`` (default: the catalog's probes of ``vantage``).
 
     ``vantage="reflector"``: ``target`` is an ``ftpprobe reflect`` server
     outside the NAT (``other_port`` its second control port) and the report
-    carries the ALG fingerprint.
+    carries the ALG fingerprint.  ``from_lan``: the prober is inside the
+    site's LAN and ``target`` names its public address (decides path.hairpin).
 
     ``timeout``: seconds per connect/reply; ``deadline``: seconds for the whole
     run; ``samples``: passive replies for the mapping; ``max_sessions``:
@@ -129,7 +131,7 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
             observations.setdefault(probe.name, Observation(probe.name, error=f"run deadline of {deadline:g} s passed"))
     report.observations = observations
     decided = [q for p in probes for q in p.decides]
-    report.findings = infer(observations, list(dict.fromkeys(decided)), {"peer": report.peer})
+    report.findings = infer(observations, list(dict.fromkeys(decided)), {"peer": report.peer, "from_lan": from_lan})
     pmap = passive_map(observations)
     report.passive = pmap.to_dict() if pmap else {}
     if vantage == "reflector":

@@ -40,22 +40,23 @@ def check_lab() -> None:
     sh("ip", "netns", "del", probe, check=False)
 
 
-class ThreeHostLab:
-    """Base: two hosts joined through a Linux router, each host on its own veth.
+class RouterLab:
+    """Base: hosts joined through one Linux router, each host on its own veth
+    and /24.
 
-    Subclasses set ``ROLES`` (host a, host b prefixes), the addresses, and
-    :meth:`rules` (the router's nftables ruleset).  Namespace names are unique
-    per lab, so labs can coexist; everything is removed on exit.
+    Subclasses set ``sides`` (namespace prefix, host address, router address,
+    router interface) and :meth:`rules` (the router's nftables ruleset).
+    Namespace names are unique per lab, so labs can coexist; everything is
+    removed on exit.  ``self.host[prefix]`` names each host's namespace.
     """
 
-    #: (namespace prefix, host address, router address, router interface) for each side
-    SIDES: tuple[tuple[str, str, str, str], tuple[str, str, str, str]]
+    sides: tuple[tuple[str, str, str, str], ...]
 
     def __init__(self) -> None:
         tag = uuid.uuid4().hex[:6]
-        (a, *_), (b, *_) = self.SIDES
-        self.names = (f"fl-{a}-{tag}", f"fl-rtr-{tag}", f"fl-{b}-{tag}")
-        self.rtr = self.names[1]
+        self.rtr = f"fl-rtr-{tag}"
+        self.host = {prefix: f"fl-{prefix}-{tag}" for prefix, *_ in self.sides}
+        self.names = (self.rtr, *self.host.values())
 
     def ns(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", name, *args, check=check)
@@ -74,7 +75,8 @@ class ThreeHostLab:
             sh("ip", "netns", "add", name)
             self.ns(name, "ip", "link", "set", "lo", "up")
         self.ns(self.rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for host, (_, address, router_address, router_if) in zip((self.names[0], self.names[2]), self.SIDES):
+        for prefix, address, router_address, router_if in self.sides:
+            host = self.host[prefix]
             sh("ip", "link", "add", "veth0", "netns", host, "type", "veth", "peer", "name", router_if, "netns", self.rtr)
             self.ns(host, "ip", "addr", "add", f"{address}/24", "dev", "veth0")
             self.ns(host, "ip", "link", "set", "veth0", "up")
@@ -104,7 +106,7 @@ def helper_rules(port: int | None) -> str:
   }}"""
 
 
-class NatLab(ThreeHostLab):
+class NatLab(RouterLab):
     """LAN client behind a masquerading Linux router, an outside host::
 
         lan 10.0.0.2 --- 10.0.0.1 rtr 198.51.100.1 --- 198.51.100.2 out
@@ -113,12 +115,12 @@ class NatLab(ThreeHostLab):
     """
 
     LAN, RTR_LAN, RTR_WAN, OUT = "10.0.0.2", "10.0.0.1", "198.51.100.1", "198.51.100.2"
-    SIDES = (("lan", LAN, RTR_LAN, "lan0"), ("out", OUT, RTR_WAN, "wan0"))
+    sides = (("lan", LAN, RTR_LAN, "lan0"), ("out", OUT, RTR_WAN, "wan0"))
 
     def __init__(self, helper_port: int | None = 21) -> None:
         super().__init__()
         self.helper_port = helper_port
-        self.lan, _, self.out = self.names
+        self.lan, self.out = self.host["lan"], self.host["out"]
 
     def rules(self) -> str:
         return f"""table ip lab {{{helper_rules(self.helper_port)}
@@ -130,33 +132,45 @@ class NatLab(ThreeHostLab):
 """
 
 
-class SiteLab(ThreeHostLab):
-    """An outside prober, a site router doing DNAT, and a server inside::
+class SiteLab(RouterLab):
+    """An outside prober, a site router doing DNAT, a server inside, and a LAN client::
 
         out 203.0.113.2 --- 203.0.113.1 rtr 192.168.1.1 --- 192.168.1.10 srv
+                                            192.168.2.1 --- 192.168.2.20 lan
 
     The router forwards the control port ``control_port`` to the server's port
     21, forwards the passive ports ``forward`` (an inclusive range, or None) to
     the server, masquerades the server's outbound traffic, and attaches the
-    kernel FTP helper to the control port when ``helper`` is true.
+    kernel FTP helper to the control port (or to ``helper_port``) when
+    ``helper`` is true.  ``hairpin``: which forwards also apply to LAN clients that use the public
+    address: ``"none"``, ``"control"`` (the control port only) or ``"full"``.
     """
 
     PROBER, PUBLIC, RTR_LAN, SERVER = "203.0.113.2", "203.0.113.1", "192.168.1.1", "192.168.1.10"
-    SIDES = (("out", PROBER, PUBLIC, "wan0"), ("srv", SERVER, RTR_LAN, "lan0"))
+    RTR_CLIENTS, CLIENT = "192.168.2.1", "192.168.2.20"
+    sides = (("out", PROBER, PUBLIC, "wan0"), ("srv", SERVER, RTR_LAN, "lan0"), ("lan", CLIENT, RTR_CLIENTS, "lan1"))
 
-    def __init__(self, *, helper: bool, forward: tuple[int, int] | None, control_port: int = 21) -> None:
+    def __init__(self, *, helper: bool, forward: tuple[int, int] | None, control_port: int = 21,
+                 hairpin: str = "none", helper_port: int | None = None) -> None:
         super().__init__()
-        self.helper, self.forward, self.control_port = helper, forward, control_port
-        self.out, _, self.srv = self.names
+        self.forward, self.control_port, self.hairpin = forward, control_port, hairpin
+        # the port the kernel helper watches: the control port unless told otherwise
+        self.helper_port = (helper_port or control_port) if helper else None
+        self.out, self.srv, self.lan = self.host["out"], self.host["srv"], self.host["lan"]
 
     def rules(self) -> str:
+        # A forward applies to traffic from the internet (wan0), and with hairpin
+        # NAT also to LAN clients that use the public address.
+        outside = 'iifname "wan0"'
+        control_match = f"ip daddr {self.PUBLIC}" if self.hairpin in ("control", "full") else outside
+        range_match = f"ip daddr {self.PUBLIC}" if self.hairpin == "full" else outside
         forward = ""
         if self.forward:
-            forward = f'\n    iifname "wan0" tcp dport {self.forward[0]}-{self.forward[1]} dnat to {self.SERVER}'
-        return f"""table ip site {{{helper_rules(self.control_port if self.helper else None)}
+            forward = f"\n    {range_match} tcp dport {self.forward[0]}-{self.forward[1]} dnat to {self.SERVER}"
+        return f"""table ip site {{{helper_rules(self.helper_port)}
   chain pre {{
     type nat hook prerouting priority -100; policy accept;
-    iifname "wan0" tcp dport {self.control_port} dnat to {self.SERVER}:21{forward}
+    {control_match} tcp dport {self.control_port} dnat to {self.SERVER}:21{forward}
   }}
   chain post {{
     type nat hook postrouting priority 100; policy accept;

@@ -105,7 +105,8 @@ class DebianServer:
                                check=True, capture_output=True)
             subprocess.run(["usermod", "-d", str(home), "ftp"], check=True, capture_output=True)
             cmd = [str(exe), "-S", f"{self.host},{self.port}", "-p", f"{self.pasv[0]}:{self.pasv[1]}",
-                   "-e", "-A", "-c", str(self.max_clients), "-C", str(self.max_clients)]
+                   "-e", "-A", "-H", "-c", str(self.max_clients), "-C", str(self.max_clients)]
+            # -H: no reverse DNS of clients (inside a namespace it would time out)
             if "masquerade" in self.extra:
                 cmd += ["-P", self.extra["masquerade"]]
         if self.netns:

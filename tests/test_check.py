@@ -53,7 +53,7 @@ def test_fleet_nagios_line_prometheus_and_baseline_diff(fleet, tmp_path, pyftpd)
     assert up == {"shop-0": 1, "shop-1": 1, "shop-2": 1, "shop-dark": 0}
     low = {s.labels["site"]: s.value for s in families["ftpprobe_passive_port_range_low"].samples}
     # the estimate may reach past the sampled ports by its stated uncertainty
-    assert abs(low["shop-0"] - 54000) <= 3 and abs(low["shop-1"] - 54100) <= 3
+    assert abs(low["shop-0"] - 54000) <= 4 and abs(low["shop-1"] - 54100) <= 4
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
 
     saved = json.loads(baseline.read_text())

@@ -59,7 +59,7 @@ async def test_real_server_findings(server):
     assert p["outside"] == []
     assert p["allocation"] == "random"
     for est, true in ((p["estimate_low"], low), (p["estimate_high"], high)):
-        assert abs(est - true) <= 4 * p["uncertainty"] + 1
+        assert abs(est - true) <= 6 * p["uncertainty"] + 1  # P(miss) about e**-7 per bound
 
 
 async def test_vsftpd_session_limit_and_pasv_address():

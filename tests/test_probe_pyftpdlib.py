@@ -161,3 +161,19 @@ def test_password_from_netrc_never_shown(pyftpd, tmp_path):
     done = run_cli("probe", "--timeout", "5", server.url, env=env)
     assert done.returncode == 3 and "login as 'demo' refused" in done.stdout
     assert "wrong-Secret" not in done.stdout + done.stderr
+
+
+def test_wide_range_10000_65535_is_mapped_in_bounded_samples(pyftpd):
+    """Seed 000's box: passive range 10000-65535.  30 samples suffice to call it
+    wide, with the estimate's uncertainty stated."""
+    server = pyftpd(passive_ports=(10000, 65535))
+    code, report = run_json("map-pasv", "--samples", "30", "--timeout", "2", "--deadline", "60", server.url)
+    f = findings_by_id(report)
+    p = report["passive"]
+    assert p["samples"] == 30 and p["uncertainty"] > 0
+    assert f"(±{p['uncertainty']})" in f["server.pasv-range"]["evidence"][0]
+    assert 10000 <= p["observed_min"] and p["observed_max"] <= 65535
+    assert abs(p["estimate_low"] - 10000) <= 6 * p["uncertainty"] and abs(p["estimate_high"] - 65535) <= 6 * p["uncertainty"]
+    assert f["server.pasv-range-wide"]["status"] == "present"
+    assert "narrow the passive range" in f["server.pasv-range-wide"]["advice"]
+    assert code == 1
