@@ -12,14 +12,13 @@ import csv
 import datetime as dt
 import json
 import os
-import time
 import tomllib
 from dataclasses import dataclass, field
 
 import trio
 
 from .catalog import load_catalog
-from .errors import FtpProbeError, TargetError
+from .errors import TargetError
 from .findings import Finding, exit_code
 from .runner import ProbeReport, run_probes
 from .target import Target, parse_target

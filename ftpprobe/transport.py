@@ -226,7 +226,7 @@ class ControlSession:
                 if reply is not NEED_DATA:
                     return reply  # type: ignore[return-value]
                 if self._eof:
-                    raise PeerClosed(f"connection closed by peer"
+                    raise PeerClosed("connection closed by peer"
                                      + (f" after {escape(self.reader.buffered[:60])!r}" if self.reader.buffered else ""))
                 try:
                     data = await self.stream.receive_some(65536)

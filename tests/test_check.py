@@ -135,7 +135,7 @@ def test_documented_crontab_icinga_and_node_exporter_commands_work(pyftpd, tmp_p
     paths = {"/etc/ftpprobe/sites.toml": str(sites), "/var/lib/ftpprobe": str(tmp_path),
              "/var/lib/node_exporter/textfile_collector": str(textfile)}
 
-    def run_documented(line: str, **extra) -> "subprocess.CompletedProcess":
+    def run_documented(line: str, **extra):
         for old, new in {**paths, **extra}.items():
             line = line.replace(old, new)
         argv = shlex.split(line)

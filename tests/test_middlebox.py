@@ -1,6 +1,5 @@
 """Emulated middleboxes (fast, loopback, no root) between the prober and a real reflector."""
 
-import trio
 
 from ftpprobe.middlebox import Middlebox
 from ftpprobe.reflector import Reflector

@@ -4,7 +4,6 @@ import json
 import os
 import time
 
-import pytest
 
 from ftpprobe.catalog import load_catalog
 from ftpprobe.inference import RULES
