@@ -142,11 +142,13 @@ def test_documented_crontab_icinga_and_node_exporter_commands_work(pyftpd, tmp_p
         assert argv[0] == "ftpprobe"
         return run_cli(*argv[1:])
 
+    saved = run_documented(readme_block("baseline").strip())
+    assert saved.returncode == 0 and saved.stdout.startswith("FTPPROBE OK - ")
+    assert (tmp_path / "baseline.json").exists()
     cron = readme_block("crontab").strip()
     command = cron.split(None, 5)[5]  # the five time fields, then the command
     first = run_documented(command)
     assert first.returncode == 0 and first.stdout == ""  # --quiet: silent when OK
-    assert (tmp_path / "baseline.json").exists()
 
     icinga = readme_block("icinga")
     command_line = re.search(r"command_line\s+(.*)", icinga).group(1).replace("/usr/local/bin/ftpprobe", "ftpprobe")
