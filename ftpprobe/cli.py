@@ -251,7 +251,7 @@ down or a critical quirk), 3 UNKNOWN (bad targets file or baseline).""")
 @click.option("-w", "--warning", "warn_s", type=click.FloatRange(0), help="WARNING if a site's check takes longer (seconds).")
 @click.option("-c", "--critical", "crit_s", type=click.FloatRange(0), help="CRITICAL if a site's check takes longer (seconds).")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
-              help="Seconds for each connect and reply (targets-file sites may set their own).")
+              help="Seconds for each connect and reply (a targets file may set its own).")
 @click.option("--samples", type=click.IntRange(0, 10000), default=10, show_default=True,
               help="Passive replies sampled per site.")
 @click.option("--max-connections", type=click.IntRange(2, 10000), default=64, show_default=True,
@@ -281,7 +281,7 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
         sys.exit(3)
 
     try:
-        sites = load_targets(targets_file) if targets_file else []
+        sites = load_targets(targets_file, defaults={"timeout": timeout, "samples": samples}) if targets_file else []
         for url in targets:
             target = parse_target(url)
             name = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"

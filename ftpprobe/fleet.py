@@ -96,13 +96,16 @@ def _site_from(entry: dict, where: str, defaults: dict, environ) -> Site:
                 samples=samples, probes=tuple(probes), reflector=merged.get("reflector"))
 
 
-def load_targets(path: str, environ=None) -> list[Site]:
+def load_targets(path: str, environ=None, defaults: dict | None = None) -> list[Site]:
     """Sites from a TOML file (``[defaults]`` and ``[[site]]`` tables) or a CSV
     file (header ``name,url[,reflector,timeout,samples,probes,password_env]``).
+    ``defaults`` (e.g. the command line's timeout and samples) apply where
+    neither the site nor the file's ``[defaults]`` say otherwise.
 
     Raises :class:`TargetError` naming the file, the line and the problem.
     """
     environ = os.environ if environ is None else environ
+    defaults = defaults or {}
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -118,7 +121,7 @@ def load_targets(path: str, environ=None) -> list[Site]:
         if not reader.fieldnames or "url" not in reader.fieldnames:
             raise TargetError(f"{path}, line 1: the CSV header must name a 'url' column")
         for row in reader:
-            sites.append(_site_from(row, f"{path}, line {reader.line_num}", {}, environ))
+            sites.append(_site_from(row, f"{path}, line {reader.line_num}", defaults, environ))
     else:
         try:
             data = tomllib.loads(text)
@@ -131,7 +134,7 @@ def load_targets(path: str, environ=None) -> list[Site]:
         site_lines = [i + 1 for i, line in enumerate(lines) if line.strip() == "[[site]]"]
         for n, entry in enumerate(entries):
             where = f"{path}, line {site_lines[n] if n < len(site_lines) else '?'} (site {n + 1})"
-            sites.append(_site_from(entry, where, data.get("defaults", {}), environ))
+            sites.append(_site_from(entry, where, {**defaults, **data.get("defaults", {})}, environ))
     if not sites:
         raise TargetError(f"{path}: no sites")
     names = [s.name for s in sites]
