@@ -13,9 +13,13 @@ prerouting chain at priority -150 (after conntrack, before DNAT).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 import uuid
 
 
@@ -178,3 +182,44 @@ class SiteLab(RouterLab):
   }}
 }}
 """
+
+
+@contextlib.contextmanager
+def running(lab: RouterLab):
+    """Build ``lab`` for the duration of the block, or skip the test with the
+    reason it cannot be built here."""
+    import pytest
+
+    try:
+        lab.__enter__()
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield lab
+    finally:
+        lab.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def reflector_in(lab: RouterLab, namespace: str, address: str, journal: str | None = None):
+    """``ftpprobe reflect`` on ``address`` ports 21 and 2121 inside ``namespace``,
+    waited for until it listens, stopped after the block."""
+    args = ["ip", "netns", "exec", namespace, sys.executable, "-m", "ftpprobe", "reflect", "--listen", address,
+            "--ports", "21,2121", *(["--journal", journal] if journal else [])]
+    reflector = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(50):
+            if f"{address}:2121" in lab.ns(namespace, "ss", "-ltn", check=False).stdout:
+                break
+            time.sleep(0.1)
+        yield reflector
+    finally:
+        reflector.terminate()
+        reflector.wait(5)
+
+
+def ftpprobe_in(lab: RouterLab, namespace: str, *args: str, timeout: str = "2") -> tuple[int, dict]:
+    """Run ``ftpprobe ARGS --json --timeout T`` inside ``namespace``: (exit code, report)."""
+    done = lab.ns(namespace, sys.executable, "-m", "ftpprobe", *args, "--json", "--timeout", timeout, check=False)
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)

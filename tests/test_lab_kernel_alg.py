@@ -7,13 +7,10 @@ reflector actually received after the kernel helper had its way.
 """
 
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
-from lab import LabUnavailable, NatLab
+from lab import NatLab, ftpprobe_in, reflector_in, running
 
 pytestmark = pytest.mark.root
 
@@ -22,28 +19,8 @@ pytestmark = pytest.mark.root
 def lab_run(request, tmp_path):
     """(helper_port, report, journal entries) for one router variant."""
     journal = tmp_path / "journal.jsonl"
-    try:
-        lab = NatLab(helper_port=request.param).__enter__()
-    except LabUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        reflector = subprocess.Popen(
-            ["ip", "netns", "exec", lab.out, sys.executable, "-m", "ftpprobe", "reflect", "--listen", lab.OUT,
-             "--ports", "21,2121", "--journal", str(journal)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            for _ in range(50):  # wait until it listens
-                if lab.ns(lab.out, "ss", "-ltn", check=False).stdout.count(f"{lab.OUT}:2121"):
-                    break
-                time.sleep(0.1)
-            done = lab.ns(lab.lan, sys.executable, "-m", "ftpprobe", "fingerprint", "--json", "--timeout", "2",
-                          "--other-port", "2121", lab.OUT, check=False)
-        finally:
-            reflector.terminate()
-            reflector.wait(5)
-    finally:
-        lab.__exit__(None, None, None)
-    assert done.stdout, done.stderr
-    report = json.loads(done.stdout)
+    with running(NatLab(helper_port=request.param)) as lab, reflector_in(lab, lab.out, lab.OUT, str(journal)):
+        _, report = ftpprobe_in(lab, lab.lan, "fingerprint", "--other-port", "2121", lab.OUT)
     entries = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
     return request.param, report, entries
 
