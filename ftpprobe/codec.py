@@ -333,6 +333,15 @@ def parse_229(reply: Reply | str) -> int:
     return port
 
 
+def parse_passive(reply: Reply) -> tuple[ipaddress.IPv4Address | None, int]:
+    """``(address, port)`` from a 227 reply, or ``(None, port)`` from a 229
+    reply (RFC 2428 §3 names no address).  Raises :class:`ProtocolError` for
+    any other reply or a malformed one."""
+    if reply.code == 229:
+        return None, parse_229(reply)
+    return parse_227(reply)
+
+
 def encode_port(address: ipaddress.IPv4Address | str, port: int) -> str:
     """PORT argument ``h1,h2,h3,h4,p1,p2`` (RFC 959 §4.1.2).
 

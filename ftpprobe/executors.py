@@ -20,7 +20,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 from .catalog import Probe
-from .codec import Command, encode_eprt, encode_port, escape, parse_227, parse_229, replace_argument
+from .codec import Command, encode_eprt, encode_port, escape, parse_passive, replace_argument
 from .data import MAX_DATA_BYTES, ActiveListener, connect_passive, passive_target, probe_passive_port, read_all
 from .errors import FtpProbeError, ProtocolError, ReplyTimeout
 from .passive import PassiveSample
@@ -203,10 +203,7 @@ async def run_passive(ctx: ProbeContext, probe: Probe) -> Observation:
         obs.data["_probe_exchange"] = ex
         if ex.reply is not None and ex.reply.code in (227, 229):
             try:
-                if ex.reply.code == 229:
-                    address, port = None, parse_229(ex.reply)
-                else:
-                    address, port = parse_227(ex.reply)
+                address, port = parse_passive(ex.reply)
             except ProtocolError as exc:
                 obs.data["parse_error"] = str(exc)
             else:
@@ -324,7 +321,7 @@ async def run_listing(ctx: ProbeContext, probe: Probe) -> Observation:
             obs.exchanges = _evidence_exchanges(s)
             return obs
         try:
-            address, port = (None, parse_229(pasv.reply)) if pasv.reply.code == 229 else parse_227(pasv.reply)
+            address, port = parse_passive(pasv.reply)
         except ProtocolError as exc:
             obs.data["no_passive"] = str(exc)
             obs.exchanges = _evidence_exchanges(s)
@@ -447,18 +444,15 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
                         remaining[0] += 1  # not a sample: ask again after a pause
                         await trio.sleep(BACKOFF[0])
                         continue
+                    if ex.reply.code not in (227, 229):
+                        if verb == "EPSV" and len(verbs) > 1:
+                            verbs.remove("EPSV")
+                            remaining[0] += 1  # the refused EPSV does not count as a sample
+                            continue
+                        errors.append(f"session {index}: {ex.describe()}")
+                        return
                     try:
-                        if ex.reply.code == 229:
-                            address, port = None, parse_229(ex.reply)
-                        elif ex.reply.code == 227:
-                            address, port = parse_227(ex.reply)
-                        else:
-                            if verb == "EPSV" and len(verbs) > 1:
-                                verbs.remove("EPSV")
-                                remaining[0] += 1  # the refused EPSV does not count as a sample
-                                continue
-                            errors.append(f"session {index}: {ex.describe()}")
-                            return
+                        address, port = parse_passive(ex.reply)
                     except ProtocolError as exc:
                         errors.append(f"session {index}: {exc}")
                         continue
@@ -549,8 +543,7 @@ async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> Observation:
         if ex.reply is not None and ex.reply.code in (227, 229):
             declared = parse_declared(ex.reply.text)
             try:
-                address, data_port = ((None, parse_229(ex.reply)) if ex.reply.code == 229
-                                      else parse_227(ex.reply))
+                address, data_port = parse_passive(ex.reply)
             except ProtocolError as exc:
                 obs.data["parse_error"] = str(exc)
             else:

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from ftpprobe.codec import (
     NEED_DATA, Command, Reply, ReplyReader, encode_eprt, encode_port, escape, parse_227, parse_229,
-    parse_eprt, parse_port, parse_replies,
+    parse_eprt, parse_passive, parse_port, parse_replies,
 )
 from ftpprobe.errors import ProtocolError
 
@@ -95,6 +95,16 @@ def test_parse_229_and_other_delimiters():
     for bad in ("229 (|||0|)", "229 (|||65536|)", "229 (||6446|)", "229 no"):
         with pytest.raises(ProtocolError):
             parse_229(bad)
+
+
+def test_parse_passive_dispatches_on_the_reply_code():
+    (pasv,) = parse_replies(b"227 Entering Passive Mode (192,0,2,7,117,48)\r\n")
+    (epsv,) = parse_replies(b"229 Entering Extended Passive Mode (|||6446|)\r\n")
+    (refused,) = parse_replies(b"500 no\r\n")
+    assert parse_passive(pasv) == (ipaddress.IPv4Address("192.0.2.7"), 30000)
+    assert parse_passive(epsv) == (None, 6446)
+    with pytest.raises(ProtocolError, match="expected a 227 reply, got 500"):
+        parse_passive(refused)
 
 
 def test_port_and_eprt_round_trip_ipv4_and_ipv6():
