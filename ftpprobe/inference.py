@@ -263,11 +263,14 @@ def passive_map(observations: Observations) -> PassiveMap | None:
     return analyze(obs.data["samples"], errors=len(obs.data["errors"]))
 
 
-def _map_or_missing(quirk: str, observations: Observations) -> tuple[PassiveMap | None, Finding | None]:
+def _map_or_missing(quirk: str, observations: Observations,
+                    context: dict) -> tuple[PassiveMap | None, Finding | None]:
+    """The passive map that :func:`infer` analyzed once for every rule, or the
+    finding that says why there is none."""
     obs = observations.get("pasv-map")
     if (missing := _missing(quirk, obs, "pasv-map")):
         return None, missing
-    pmap = passive_map(observations)
+    pmap = context["passive_map"]
     assert pmap is not None and obs is not None
     if not pmap.samples:
         return None, Finding(quirk, "inconclusive", ["no passive reply could be sampled"] + obs.data["errors"][:3])
@@ -284,7 +287,7 @@ def _describe_range(pmap: PassiveMap) -> str:
 @rule("server.pasv-range")
 def _range(observations: Observations, context: dict) -> Finding:
     quirk = "server.pasv-range"
-    pmap, missing = _map_or_missing(quirk, observations)
+    pmap, missing = _map_or_missing(quirk, observations, context)
     if missing:
         return missing
     assert pmap is not None
@@ -296,7 +299,7 @@ def _range(observations: Observations, context: dict) -> Finding:
 @rule("server.pasv-range-wide")
 def _wide(observations: Observations, context: dict) -> Finding:
     quirk = "server.pasv-range-wide"
-    pmap, missing = _map_or_missing(quirk, observations)
+    pmap, missing = _map_or_missing(quirk, observations, context)
     if missing:
         return missing
     assert pmap is not None and pmap.width is not None
@@ -310,7 +313,7 @@ def _wide(observations: Observations, context: dict) -> Finding:
 @rule("server.pasv-outside-range")
 def _outside(observations: Observations, context: dict) -> Finding:
     quirk = "server.pasv-outside-range"
-    pmap, missing = _map_or_missing(quirk, observations)
+    pmap, missing = _map_or_missing(quirk, observations, context)
     if missing:
         return missing
     assert pmap is not None
@@ -326,7 +329,7 @@ def _outside(observations: Observations, context: dict) -> Finding:
 @rule("server.pasv-unreachable")
 def _unreachable(observations: Observations, context: dict) -> Finding:
     quirk = "server.pasv-unreachable"
-    pmap, missing = _map_or_missing(quirk, observations)
+    pmap, missing = _map_or_missing(quirk, observations, context)
     if missing:
         return missing
     assert pmap is not None
@@ -363,7 +366,7 @@ def _non_routable(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 @rule("server.pasv-private-address")
 def _private(observations: Observations, context: dict) -> Finding:
     quirk = "server.pasv-private-address"
-    pmap, missing = _map_or_missing(quirk, observations)
+    pmap, missing = _map_or_missing(quirk, observations, context)
     if missing:
         return missing
     assert pmap is not None
@@ -385,7 +388,7 @@ def _private(observations: Observations, context: dict) -> Finding:
 @rule("server.pasv-address-mismatch")
 def _mismatch(observations: Observations, context: dict) -> Finding:
     quirk = "server.pasv-address-mismatch"
-    pmap, missing = _map_or_missing(quirk, observations)
+    pmap, missing = _map_or_missing(quirk, observations, context)
     if missing:
         return missing
     assert pmap is not None
@@ -407,7 +410,7 @@ def _hairpin(observations: Observations, context: dict) -> Finding:
     if not context.get("from_lan"):
         return Finding(quirk, "skipped", ["decidable only from inside the site's LAN towards its public "
                                           "address: run with --from-lan"])
-    pmap, missing = _map_or_missing(quirk, observations)
+    pmap, missing = _map_or_missing(quirk, observations, context)
     if missing:
         return missing
     assert pmap is not None
@@ -431,9 +434,13 @@ def infer(observations: Observations, decided: list[str], context: dict) -> list
     """Run the rule of every quirk id in ``decided`` (in that order).
 
     ``context`` carries facts of the run, e.g. ``peer`` (the control peer's
-    address as a string).  Raises ``KeyError`` for an id without a rule (a
-    catalog defect caught by the tests).
+    address as a string) and ``passive_map`` (:func:`passive_map`; computed
+    here when absent, so the passive rules share one analysis).  Raises
+    ``KeyError`` for an id without a rule (a catalog defect caught by the tests).
     """
+    context = {**context}
+    if "passive_map" not in context:
+        context["passive_map"] = passive_map(observations)
     return [RULES[quirk](observations, context) for quirk in decided]
 
 

@@ -131,8 +131,9 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
             observations.setdefault(probe.name, Observation(probe.name, error=f"run deadline of {deadline:g} s passed"))
     report.observations = observations
     decided = [q for p in probes for q in p.decides]
-    report.findings = infer(observations, list(dict.fromkeys(decided)), {"peer": report.peer, "from_lan": from_lan})
     pmap = passive_map(observations)
+    report.findings = infer(observations, list(dict.fromkeys(decided)),
+                            {"peer": report.peer, "from_lan": from_lan, "passive_map": pmap})
     report.passive = pmap.to_dict() if pmap else {}
     if vantage == "reflector":
         report.fingerprint = fingerprint_rows(observations)
