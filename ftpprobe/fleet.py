@@ -66,7 +66,8 @@ class SiteResult:
         return 2 if self.report.error else exit_code(self.findings)
 
 
-def _site_from(entry: dict, where: str, defaults: dict, environ) -> Site:
+def _site_from(entry: dict, where: str, defaults: dict, environ, known: set[str]) -> Site:
+    """One site from a file entry; ``known`` are the catalog's server probe names."""
     unknown = set(entry) - SITE_KEYS
     if unknown:
         raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -89,7 +90,6 @@ def _site_from(entry: dict, where: str, defaults: dict, environ) -> Site:
     probes = merged.get("probes", CHECK_PROBES)
     if isinstance(probes, str):
         probes = [p.strip() for p in probes.split(";") if p.strip()]
-    known = {p.name for p in load_catalog(vantage="server")}
     if bad := [p for p in probes if p not in known]:
         raise TargetError(f"{where}: unknown probe(s) {', '.join(bad)}")
     return Site(name=str(merged.get("name") or target.url), target=target, timeout=timeout,
@@ -106,6 +106,7 @@ def load_targets(path: str, environ=None, defaults: dict | None = None) -> list[
     """
     environ = os.environ if environ is None else environ
     defaults = defaults or {}
+    known = {p.name for p in load_catalog(vantage="server")}  # read once, not per site
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -121,7 +122,7 @@ def load_targets(path: str, environ=None, defaults: dict | None = None) -> list[
         if not reader.fieldnames or "url" not in reader.fieldnames:
             raise TargetError(f"{path}, line 1: the CSV header must name a 'url' column")
         for row in reader:
-            sites.append(_site_from(row, f"{path}, line {reader.line_num}", defaults, environ))
+            sites.append(_site_from(row, f"{path}, line {reader.line_num}", defaults, environ, known))
     else:
         try:
             data = tomllib.loads(text)
@@ -134,7 +135,7 @@ def load_targets(path: str, environ=None, defaults: dict | None = None) -> list[
         site_lines = [i + 1 for i, line in enumerate(lines) if line.strip() == "[[site]]"]
         for n, entry in enumerate(entries):
             where = f"{path}, line {site_lines[n] if n < len(site_lines) else '?'} (site {n + 1})"
-            sites.append(_site_from(entry, where, {**defaults, **data.get("defaults", {})}, environ))
+            sites.append(_site_from(entry, where, {**defaults, **data.get("defaults", {})}, environ, known))
     if not sites:
         raise TargetError(f"{path}: no sites")
     names = [s.name for s in sites]
