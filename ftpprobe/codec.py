@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from .errors import ProtocolError
@@ -104,6 +104,15 @@ class Command:
 
     def __bytes__(self) -> bytes:
         return self.encode()
+
+    def __repr__(self) -> str:
+        """The dataclass repr, with a secret argument shown as ``'****'`` (so
+        a PASS command in a log line or traceback never shows the password;
+        ``str()`` falls back on this too)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.secret and self.argument is not None:
+            shown["argument"] = "****"
+        return f"Command({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def display(self) -> str:
         """Escaped wire form for evidence; a secret argument is masked."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -17,6 +18,26 @@ from .errors import TargetError
 
 DEFAULT_PORT = 21
 ANONYMOUS = ("anonymous", "ftpprobe@")
+
+#: Said whenever the user information of a URL cannot be trusted to have been
+#: split correctly; it names no part of what was given.
+PERCENT_ENCODE_HINT = ("the user name and password must be percent-encoded in a URL (RFC 3986 §3.2.1): "
+                       "'/' as %2F, '?' as %3F, '#' as %23, '@' as %40, ':' as %3A, '%' as %25")
+
+# scheme://anything-up-to-the-last-@-of-the-token: greedy on purpose, so that
+# a password holding an unencoded '/', '?' or '#' is masked whole.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s'\"<>@]*@(?:[^\s'\"<>@]*@)*")
+
+
+def mask_userinfo(text: str) -> str:
+    """Return ``text`` with the user information of every URL in it replaced by
+    ``***`` (``ftp://bob:pw@host/`` -> ``ftp://***@host/``).
+
+    Used on every message the CLI prints about an unexpected error, whose text
+    nobody vetted for secrets.  Errs on the side of masking: an ``@`` anywhere
+    later in the same word counts as the end of user information.
+    """
+    return _USERINFO.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)
@@ -55,18 +76,30 @@ def parse_target(text: str, *, use_netrc: bool = True, environ: dict[str, str] |
     """Parse ``ftp://[user[:password]@]host[:port]/`` (a bare ``host[:port]`` is
     accepted too) and resolve credentials.
 
+    Reserved characters in the user name or password must be percent-encoded
+    (RFC 3986 §3.2.1: ``/`` as ``%2F``, ``@`` as ``%40``, ...); they are
+    decoded here.  An unencoded ``@`` or ``:`` inside the authority is still
+    accepted (the last ``@`` ends the user information, the first ``:`` ends
+    the user name: e-mail addresses as user names are common), since that
+    split is unambiguous.
+
     Raises :class:`TargetError` naming the problem (wrong scheme, no host,
-    bad port); the message never repeats a password.
+    bad port, user information that needs percent-encoding); the message
+    never repeats any part of the user information.
     """
     environ = os.environ if environ is None else environ
     raw = text.strip()
     if "://" not in raw:
         raw = "ftp://" + raw
+    _reject_unencoded_userinfo(raw)
     try:
         parts = urllib.parse.urlsplit(raw)
         port = parts.port
-    except ValueError as exc:
-        raise TargetError(f"not a valid ftp:// URL ({exc}); expected ftp://[user[:password]@]host[:port]/") from None
+    except ValueError:
+        # urllib's message may quote the netloc, user information included:
+        # re-parse without it so that only the host part can be echoed.
+        raise TargetError(f"not a valid ftp:// URL ({_host_part_problem(raw)}); "
+                          "expected ftp://[user[:password]@]host[:port]/") from None
     if parts.scheme.lower() != "ftp":
         raise TargetError(f"unsupported scheme {parts.scheme!r}: ftpprobe speaks plain FTP, give ftp://host[:port]/")
     host = parts.hostname
@@ -90,6 +123,40 @@ def parse_target(text: str, *, use_netrc: bool = True, environ: dict[str, str] |
     if environ.get("FTPPROBE_USER"):
         return Target(host, port, environ["FTPPROBE_USER"], environ.get("FTPPROBE_PASSWORD", ""), "env")
     return Target(host, port)
+
+
+def _reject_unencoded_userinfo(raw: str) -> None:
+    """Raise :class:`TargetError` when an ``@`` follows the authority part.
+
+    The authority ends at the first ``/``, ``?`` or ``#`` (RFC 3986 §3.2), so
+    ``ftp://bob:s3cr/et@host/`` would name host ``bob``, port ``s3cr``, and a
+    password such as ``123/x`` would even parse, silently, as port 123 of host
+    ``bob``.  An ``@`` after the authority almost always means the password
+    (or user) holds an unencoded reserved character; ftpprobe ignores paths,
+    so refusing the rare ``@`` in a path costs nothing.
+    """
+    rest = raw.split("://", 1)[1]
+    end = _authority_end(rest)
+    if "@" not in rest[:end] and "@" in rest[end:]:
+        raise TargetError(f"cannot tell where the user information (USER:PASSWORD@) ends: {PERCENT_ENCODE_HINT}")
+
+
+def _authority_end(rest: str) -> int:
+    """Index in ``rest`` (the URL after ``://``) where the authority ends."""
+    return min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+
+
+def _host_part_problem(raw: str) -> str:
+    """urllib's complaint about ``raw`` with its user information removed (so
+    it can be shown), or a percent-encoding hint when only the user
+    information was at fault."""
+    scheme, rest = raw.split("://", 1)
+    end = _authority_end(rest)
+    try:
+        urllib.parse.urlsplit(f"{scheme}://{rest[:end].rpartition('@')[2]}{rest[end:]}").port
+    except ValueError as exc:
+        return str(exc)
+    return "malformed user information: " + PERCENT_ENCODE_HINT
 
 
 def _netrc_lookup(host: str) -> tuple[str, str] | None:
