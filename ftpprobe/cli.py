@@ -3,13 +3,19 @@ options, calls the library, renders the report and sets the exit code.
 
 Exit codes (also the Nagios plugin convention): 0 no problem found, 1 a
 warning-level quirk present, 2 a critical one (no data connection possible),
-3 the probe itself failed (bad URL, refused connection, login failure, ...).
+3 UNKNOWN: the probe itself failed (bad URL, refused connection, login
+failure, ...), a usage error, an internal error or an interrupt (Ctrl-C).
+
+Errors are turned into one line on stderr in one place,
+:class:`FtpProbeGroup`, never a traceback unless ``ftpprobe --debug``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
+import traceback
 
 import click
 import trio
@@ -17,11 +23,16 @@ from tabulate import tabulate
 
 from . import __version__
 from .catalog import load_catalog
-from .errors import FtpProbeError
+from .errors import FtpProbeError, TargetError
 from .findings import EXIT_PROBE_FAILED
 from .report import render_json, render_text
 from .runner import run_probes
-from .target import parse_target
+from .target import Target, mask_userinfo, parse_target
+
+EXIT_CODES = """\b
+Exit codes (Nagios plugin conventions): 0 no problem, 1 warning-level quirk,
+2 critical (no data connection possible), 3 UNKNOWN: the probe itself failed,
+a usage error, an internal error, or interrupted (Ctrl-C)."""
 
 EPILOG_PROBE = """\b
 Examples:
@@ -30,11 +41,11 @@ Examples:
   ftpprobe probe --only pasv-lf,pasv-space-lf ftp://192.0.2.10/
 
 Credentials: put them in ~/.netrc (machine HOST login USER password PW) or
-FTPPROBE_USER / FTPPROBE_PASSWORD rather than on the command line.  Passwords
+FTPPROBE_USER / FTPPROBE_PASSWORD rather than on the command line; in a URL,
+percent-encode reserved characters (/ as %2F, @ as %40, ...).  Passwords
 never appear in any output.
 
-Exit codes: 0 no problem, 1 warning-level quirk, 2 critical (no data
-connection possible), 3 the probe itself failed."""
+""" + EXIT_CODES
 
 
 def _progress(enabled: bool):
@@ -45,8 +56,88 @@ def _progress(enabled: bool):
 
 
 def _fail(message: str) -> None:
-    click.echo(f"ftpprobe: error: {message}", err=True)
+    """Print ``ftpprobe: error: MESSAGE`` on stderr and exit 3 (raises SystemExit)."""
+    click.echo(f"ftpprobe: error: {mask_userinfo(message)}", err=True)
     sys.exit(EXIT_PROBE_FAILED)
+
+
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, user information of URLs masked."""
+    text = " ".join(str(exc).split())
+    return mask_userinfo(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+class FtpProbeGroup(click.Group):
+    """The top-level group; the one place where errors become exit codes.
+
+    * a usage error (unknown option or command, bad value, missing argument)
+      keeps click's usage message but exits 3, not click's 2: monitoring reads
+      2 as CRITICAL and would page someone for a typo;
+    * an :class:`FtpProbeError` that escapes a command: one line, exit 3;
+    * anything else (an internal error, an exception group): one line
+      ``ftpprobe: internal error: TYPE: MESSAGE; run with --debug ...``, exit
+      3; with ``--debug`` the full traceback instead;
+    * Ctrl-C: one line, exit 3 (UNKNOWN: the check did not complete; 130
+      would read as CRITICAL to Nagios).
+
+    Every message passes through :func:`mask_userinfo`, so a URL with a
+    password in an exception's text never reaches the terminal.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        """Click's, with usage errors of the group itself (unknown global
+        option, no command) exiting 3.  Raises :class:`click.UsageError`."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _unknown_usage(exc) from None
+
+    def invoke(self, ctx: click.Context):
+        """Run the command; raises only what click's ``main`` turns into an
+        exit code (:class:`click.exceptions.Exit`, :class:`click.ClickException`,
+        ``SystemExit``, a broken pipe)."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _unknown_usage(exc) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except FtpProbeError as exc:
+            _fail(str(exc))
+        except BaseException as exc:  # noqa: BLE001 -- the whole point: nothing escapes as a traceback
+            if isinstance(exc, (SystemExit, GeneratorExit)):
+                raise
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                raise  # click's main silences a closed stdout (ftpprobe probes | head)
+            leaves = _leaves(exc)
+            if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+                click.echo("\nftpprobe: interrupted", err=True)
+                sys.exit(EXIT_PROBE_FAILED)
+            if all(isinstance(leaf, FtpProbeError) for leaf in leaves):
+                _fail("; ".join(str(leaf) for leaf in leaves))
+            if ctx.params.get("debug"):
+                click.echo(mask_userinfo("".join(traceback.format_exception(exc))), err=True, nl=False)
+            else:
+                # A group with one leaf says nothing its leaf does not: name the leaf.
+                shown = leaves[0] if len(leaves) == 1 else exc
+                click.echo(f"ftpprobe: internal error: {_one_line(shown)}; run with --debug for details", err=True)
+            sys.exit(EXIT_PROBE_FAILED)
+
+
+def _unknown_usage(exc: click.UsageError) -> click.UsageError:
+    """``exc`` set to exit 3 (Nagios UNKNOWN), its message masked."""
+    exc.exit_code = EXIT_PROBE_FAILED
+    exc.message = mask_userinfo(exc.message)
+    return exc
 
 
 def _select(only: str | None, vantage: str = "server"):
@@ -77,9 +168,12 @@ def common_options(fn):
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=FtpProbeGroup, epilog=EXIT_CODES,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ftpprobe")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="FTPPROBE_DEBUG", show_envvar=True,
+              help="On an internal error, show the full traceback instead of one line.")
+def main(debug: bool) -> None:
     """Tell, with evidence, why FTP breaks on a path.
 
     ftpprobe opens FTP control sessions with variant line endings and command
@@ -94,15 +188,14 @@ def main() -> None:
 
 def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc,
          from_lan=False):
-    try:
-        target = parse_target(url, use_netrc=not no_netrc)
-        probes = _select(only)
-        report = trio.run(lambda: run_probes(
-            target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
-            max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
-            from_lan=from_lan))
-    except FtpProbeError as exc:
-        _fail(str(exc))
+    """Probe ``url`` and exit with the report's code (an FtpProbeError is left
+    to FtpProbeGroup: one line, exit 3)."""
+    target = parse_target(url, use_netrc=not no_netrc)
+    probes = _select(only)
+    report = trio.run(lambda: run_probes(
+        target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
+        max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
+        from_lan=from_lan))
     click.echo(render_json(report) if as_json else render_text(report))
     sys.exit(report.exit_code)
 
@@ -130,7 +223,8 @@ def probe(url, samples, only, **options):
     _run(url, only, samples=samples, **options)
 
 
-@main.command("map-pasv", epilog="Example:\n\n  ftpprobe map-pasv --samples 200 ftp://ftp.example.net/")
+@main.command("map-pasv", epilog="\b\nExample:\n  ftpprobe map-pasv --samples 200 ftp://ftp.example.net/\n\n"
+                                  + EXIT_CODES)
 @click.argument("url", metavar="ftp://[USER[:PASSWORD]@]HOST[:PORT]/")
 @click.option("--samples", type=click.IntRange(1, 100000), default=60, show_default=True,
               help="Passive replies to sample.")
@@ -154,7 +248,11 @@ Examples (on a host outside the NAT, e.g. a VPS):
 
 \b
 Then, from inside the LAN:
-  ftpprobe fingerprint REFLECTOR-HOST""")
+  ftpprobe fingerprint REFLECTOR-HOST
+
+\b
+Exit codes: 0 stopped with Ctrl-C (the normal way to stop it), 3 cannot
+listen, a usage error or an internal error.""")
 @click.option("--listen", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--ports", default="21,2121", show_default=True,
               help="Comma-separated control ports (one where a router's ALG acts, one where it may not).")
@@ -196,9 +294,29 @@ def reflect(listen, ports, journal, max_sessions, per_address, idle):
         pass
 
 
+def _reflector_target(text: str) -> Target:
+    """The reflector at ``HOST[:PORT]`` (or ``ftp://HOST[:PORT]/``), logged in
+    to with the fixed anonymous identity.
+
+    Why: the reflector accepts any login and journals every line it receives,
+    and it is usually someone else's host; the user's FTPPROBE_USER /
+    FTPPROBE_PASSWORD or ~/.netrc credentials are meant for their servers.
+    Raises :class:`TargetError` for a bad address or one with user information.
+    """
+    parsed = parse_target(text if "://" in text else f"ftp://{text}", use_netrc=False, environ={})
+    if parsed.credential_source != "anonymous":
+        raise TargetError("a reflector needs no login: give HOST[:PORT] without USER[:PASSWORD]@")
+    return Target(parsed.host, parsed.port)
+
+
 @main.command(epilog="""\b
 Example:
-  ftpprobe fingerprint --other-port 2121 reflector.example.net""")
+  ftpprobe fingerprint --other-port 2121 reflector.example.net
+
+It logs in to the reflector as anonymous: your FTPPROBE_USER/FTPPROBE_PASSWORD
+and ~/.netrc credentials are never sent to it.
+
+""" + EXIT_CODES)
 @click.argument("reflector", metavar="HOST[:PORT]")
 @click.option("--other-port", type=click.IntRange(1, 65535), default=2121, show_default=True,
               help="The reflector's second control port, to see whether the ALG acts only on 21.")
@@ -216,15 +334,12 @@ def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, tr
     against outcome (rewritten / passed / mangled / stalled / reset) and the
     nat.*, alg.* and path.active-blocked findings.
     """
-    try:
-        target = parse_target(reflector if "://" in reflector else f"ftp://{reflector}", use_netrc=False)
-        probes = _select(only, vantage="reflector")
-        report = trio.run(lambda: run_probes(
-            target, probes=probes, timeout=timeout, deadline=deadline, max_sessions=max_sessions,
-            trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
-            vantage="reflector", other_port=other_port))
-    except FtpProbeError as exc:
-        _fail(str(exc))
+    target = _reflector_target(reflector)
+    probes = _select(only, vantage="reflector")
+    report = trio.run(lambda: run_probes(
+        target, probes=probes, timeout=timeout, deadline=deadline, max_sessions=max_sessions,
+        trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
+        vantage="reflector", other_port=other_port))
     click.echo(render_json(report) if as_json else render_text(report))
     sys.exit(report.exit_code)
 
@@ -238,7 +353,8 @@ Examples:
 
 \b
 Exit codes (Nagios plugin conventions): 0 OK, 1 WARNING, 2 CRITICAL (a site
-down or a critical quirk), 3 UNKNOWN (bad targets file or baseline).""")
+down or a critical quirk), 3 UNKNOWN (bad targets file or baseline, a usage
+error, an internal error, or interrupted).""")
 @click.argument("targets", nargs=-1, metavar="[ftp://HOST/]...")
 @click.option("--targets", "targets_file", type=click.Path(dir_okay=False),
               help="TOML or CSV file of sites (url, name, timeout, samples, probes, password_env, reflector).")
@@ -315,14 +431,13 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
     sys.exit(code)
 
 
-@main.command("probes")
+@main.command("probes", epilog="""\b
+Exit codes: 0 listed, 3 the catalog cannot be read, a usage error or an
+internal error.""")
 @click.option("--json", "as_json", is_flag=True, help="JSON list instead of a table.")
 def list_probes(as_json):
     """List the probe catalog: what each probe sends and which quirk ids it decides."""
-    try:
-        probes = load_catalog()
-    except FtpProbeError as exc:
-        _fail(str(exc))
+    probes = load_catalog()
     rows = [{"name": p.name, "action": p.action, "sends": p.sends(), "decides": list(p.decides),
              "summary": p.summary} for p in probes]
     if as_json:
@@ -333,7 +448,11 @@ def list_probes(as_json):
                         maxcolwidths=[None, 30, None, 50]))
 
 
-@main.command()
+@main.command(epilog="""\b
+The demo exits 1 on purpose: its server allows a password login in clear
+text and its router stalls on 'PASV \\n'.
+
+""" + EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True, help='One JSON object on stdout: {"server": ..., "router": ...}.')
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
               help="Seconds for each reply (the stall probes wait this long).")
