@@ -120,7 +120,8 @@ class FtpProbeGroup(click.Group):
                 raise  # click's main silences a closed stdout (ftpprobe probes | head)
             leaves = _leaves(exc)
             if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-                click.echo("\nftpprobe: interrupted", err=True)
+                # On a terminal the line after the ^C echo; under cron exactly one line.
+                click.echo(("\n" if sys.stderr.isatty() else "") + "ftpprobe: interrupted", err=True)
                 sys.exit(EXIT_PROBE_FAILED)
             if all(isinstance(leaf, FtpProbeError) for leaf in leaves):
                 _fail("; ".join(str(leaf) for leaf in leaves))

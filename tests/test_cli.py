@@ -72,7 +72,7 @@ def test_keyboard_interrupt_is_one_line_and_exit_3():
     what UNKNOWN means to Nagios."""
     done = run_with_failing_catalog("raise KeyboardInterrupt", "probes")
     assert done.returncode == 3
-    assert done.stderr.strip() == "ftpprobe: interrupted"
+    assert done.stderr == "ftpprobe: interrupted\n"
 
 
 def test_probe_error_escaping_a_command_is_an_error_line_not_internal():
