@@ -72,20 +72,67 @@ def _command_from(table: dict, where: str) -> Command:
     )
 
 
-def parse_probe(text: str, where: str) -> Probe:
-    """Parse one probe file's text.  Raises :class:`TargetError` naming ``where``."""
+#: Every executor (:data:`ftpprobe.executors.ACTIONS`) and whether its probe
+#: files must carry a ``[command]`` table (the line the action sends).
+ACTION_NEEDS_COMMAND: dict[str, bool] = {
+    "command": True, "passive": True, "active": True, "bounce": True, "auth-tls": True,
+    "listing": False, "session-limit": False, "pasv-map": False,
+    "reflect-active": True, "reflect-passive": True,
+}
+PROBE_KEYS = {"name", "summary", "action", "login", "exclusive", "vantage", "decides", "command", "params"}
+COMMAND_KEYS = {"verb", "argument", "separator", "trailer", "line_ending", "cuts"}
+_TYPES = {"name": str, "summary": str, "action": str, "login": bool, "exclusive": bool, "vantage": str,
+          "decides": list, "command": dict, "params": dict}
+
+
+def _check_keys(data: dict, where: str, rules: set[str] | None) -> None:
+    """Raise :class:`TargetError` naming ``where`` and the key for any key, type,
+    action or quirk id that the catalog does not know."""
+    unknown_keys = sorted(data.keys() - PROBE_KEYS)
+    if unknown_keys:
+        raise TargetError(f"{where}: unknown key(s) {', '.join(unknown_keys)} "
+                          f"(known: {', '.join(sorted(PROBE_KEYS))})")
+    missing = {"name", "summary", "action", "decides"} - data.keys()
+    if missing:
+        raise TargetError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+    for key, kind in _TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            raise TargetError(f"{where}: key {key!r} must be a {kind.__name__}")
+    if data["action"] not in ACTION_NEEDS_COMMAND:
+        raise TargetError(f"{where}: key 'action': unknown action {data['action']!r} "
+                          f"(known: {', '.join(sorted(ACTION_NEEDS_COMMAND))})")
+    if ACTION_NEEDS_COMMAND[data["action"]] and "command" not in data:
+        raise TargetError(f"{where}: action {data['action']!r} needs a [command] table (verb, line_ending, ...)")
+    command = data.get("command", {})
+    if command and "verb" not in command:
+        raise TargetError(f"{where}: [command] needs a 'verb'")
+    unknown_keys = sorted(command.keys() - COMMAND_KEYS)
+    if unknown_keys:
+        raise TargetError(f"{where}: unknown key(s) in [command]: {', '.join(unknown_keys)} "
+                          f"(known: {', '.join(sorted(COMMAND_KEYS))})")
+    if data.get("vantage", "server") not in VANTAGES:
+        raise TargetError(f"{where}: key 'vantage' must be one of {', '.join(VANTAGES)}")
+    unknown = [q for q in data["decides"] if q not in QUIRKS]
+    if unknown:
+        raise TargetError(f"{where}: key 'decides': unknown quirk id(s) {', '.join(unknown)}")
+    if rules is not None:
+        ruleless = [q for q in data["decides"] if q not in rules]
+        if ruleless:
+            raise TargetError(f"{where}: key 'decides': no rule decides {', '.join(ruleless)}")
+
+
+def parse_probe(text: str, where: str, *, rules: set[str] | None = None) -> Probe:
+    """Parse one probe file's text.
+
+    ``rules``: the quirk ids that have a rule (every ``decides`` id must be
+    one); ``None`` skips that check.  Raises :class:`TargetError` naming
+    ``where`` and the offending key.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"{where}: {exc}") from None
-    missing = {"name", "summary", "action", "decides"} - data.keys()
-    if missing:
-        raise TargetError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
-    if data.get("vantage", "server") not in VANTAGES:
-        raise TargetError(f"{where}: vantage must be one of {', '.join(VANTAGES)}")
-    unknown = [q for q in data["decides"] if q not in QUIRKS]
-    if unknown:
-        raise TargetError(f"{where}: unknown quirk id(s) {', '.join(unknown)}")
+    _check_keys(data, where, rules)
     return Probe(
         name=data["name"],
         summary=data["summary"],
@@ -117,10 +164,16 @@ def catalog_dir() -> Path:
 def load_catalog(directory: Path | None = None, vantage: str | None = None) -> list[Probe]:
     """Every probe (of ``vantage``, if given), sorted by name.  Raises
     :class:`TargetError` for a bad file."""
+    from .inference import RULES  # late: the rules module needs the catalog's types
+
     directory = directory or catalog_dir()
     probes = []
     for path in sorted(directory.glob("*.toml")):
-        probe = parse_probe(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TargetError(f"{path}: cannot read probe file ({exc})") from None
+        probe = parse_probe(text, str(path), rules=set(RULES))
         if probe.name != path.stem:
             raise TargetError(f"{path}: name {probe.name!r} does not match the file name")
         if vantage is None or probe.vantage == vantage:

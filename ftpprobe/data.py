@@ -90,8 +90,12 @@ async def connect_passive(host: str, port: int, timeout: float) -> tuple[trio.So
         stream = await open_tcp(host, port, timeout, what="data")
     except ConnectFailed as exc:
         return None, DataResult(False, error=str(exc), elapsed=round(time.monotonic() - started, 3))
-    peer = stream.socket.getpeername()
-    return stream, DataResult(True, peer=(peer[0], peer[1]), elapsed=round(time.monotonic() - started, 3))
+    elapsed = round(time.monotonic() - started, 3)
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:  # reset right after the handshake: it did connect
+        return stream, DataResult(True, error="reset right after connecting", elapsed=elapsed)
+    return stream, DataResult(True, peer=(peer[0], peer[1]), elapsed=elapsed)
 
 
 async def probe_passive_port(host: str, port: int, timeout: float) -> DataResult:

@@ -82,17 +82,56 @@ class ProbeContext:
     other_port: int | None = None
     expect_reflector: bool = False
 
+    #: The preflight's logged-in session, handed to the first probe that wants
+    #: one (it holds a limiter slot until closed, so it counts against
+    #: ``max_sessions`` like any other session).
+    _spare: ControlSession | None = field(default=None, repr=False)
+    _spare_token: object = field(default_factory=object, repr=False)  # its limiter borrower
+
     def __post_init__(self) -> None:
         if self.limiter is None:
             self.limiter = trio.CapacityLimiter(self.max_sessions)
+
+    async def preflight(self) -> ControlSession:
+        """Open, greet and log in the run's first session and keep it as the spare.
+
+        The session holds a limiter slot until a probe has used it (or
+        :meth:`aclose` closes it), so the server never sees more than
+        ``max_sessions`` of our sessions at once.  Raises what :meth:`session` raises.
+        """
+        await self.limiter.acquire_on_behalf_of(self._spare_token)
+        try:
+            self._spare = await self._establish(True, self.target.port)
+        except BaseException:
+            self.limiter.release_on_behalf_of(self._spare_token)
+            raise
+        return self._spare
+
+    async def aclose(self) -> None:
+        """Close the spare session if no probe took it."""
+        if self._spare is not None:
+            spare, self._spare = self._spare, None
+            await spare.aclose()
+            self.limiter.release_on_behalf_of(self._spare_token)
 
     @asynccontextmanager
     async def session(self, *, login: bool = True, port: int | None = None) -> AsyncIterator[ControlSession]:
         """A greeted (and, if asked, logged-in) control session holding a limiter slot.
 
+        A probe that wants a logged-in session on the target's port gets the
+        preflight's spare session if it is still unused.
+
         Raises :class:`ConnectFailed`, :class:`LoginFailed`, :class:`SessionRefused`,
         :class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`.
         """
+        if self._spare is not None and login and port in (None, self.target.port):
+            spare, self._spare = self._spare, None
+            try:
+                yield spare
+            finally:
+                await spare.aclose()
+                self.limiter.release_on_behalf_of(self._spare_token)
+            return
         async with self.limiter:
             s = await self._establish(login, port or self.target.port)
             try:
@@ -339,6 +378,7 @@ async def run_listing(ctx: ProbeContext, probe: Probe) -> Observation:
                 obs.data.update(bytes=total, truncated=truncated, data_timed_out=timed_out)
             else:
                 data = b""
+                obs.data["list_failed"] = ex.describe()
         if ex.reply is not None and 100 <= ex.reply.code < 200:
             try:
                 await s.read_reply()
@@ -378,10 +418,14 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> Observation:
     the limiter on purpose: finding the limit is the point.
     """
     obs = Observation(probe.name)
-    wanted = int(probe.params.get("max_sessions", 8))
+    # Never more than --max-sessions at the server at once: sessions this run
+    # already holds (the preflight's spare) count.
+    held = int(ctx.limiter.borrowed_tokens)
+    wanted = min(int(probe.params.get("max_sessions", 8)), ctx.max_sessions)
     sessions: list[ControlSession] = []
+    obs.data["held"] = held
     try:
-        for i in range(wanted):
+        for i in range(held, wanted):
             try:
                 s = await ControlSession.open(ctx.target.host, ctx.target.port, ctx.timeout)
             except FtpProbeError as exc:
@@ -400,7 +444,7 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> Observation:
                 break
             obs.data["accepted"] = i + 1
     finally:
-        obs.data.setdefault("accepted", 0)
+        obs.data.setdefault("accepted", held)
         obs.data["tried"] = wanted
         banner = sessions[0].greeting.text if sessions and sessions[0].greeting else ""
         obs.data["banner"] = banner[:200]

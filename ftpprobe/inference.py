@@ -223,6 +223,8 @@ def _listing(observations: Observations, context: dict) -> Finding:
     d = obs.data
     if "no_passive" in d:
         return Finding(quirk, "inconclusive", [f"no passive data connection for LIST: {d['no_passive']}"])
+    if "list_failed" in d:
+        return Finding(quirk, "inconclusive", [f"LIST was not answered with a transfer: {d['list_failed']}"])
     evidence = [f"LIST: {d.get('lines', 0)} lines, {d.get('bytes', 0)} bytes, style {d.get('style')}"
                 + (" (read stopped at 1 MiB)" if d.get("truncated") else ""),
                 f"MLSD offered in FEAT: {'yes' if d.get('mlsd') else 'no'}"]

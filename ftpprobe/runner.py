@@ -30,7 +30,9 @@ class ProbeReport:
     ``target``: URL without password; ``started``: ISO 8601 UTC;
     ``duration_s``: seconds; ``findings``; ``passive``: the mapping as a dict
     (empty if not run); ``greeting``: the server's 220 text; ``peer``: control
-    peer address; ``error``: set when the run itself failed (exit code 3).
+    peer address; ``error``: set when the run itself failed (exit code 3);
+    ``refusals``: 421 greetings the server gave our sessions (each retried
+    after a pause with one session fewer).
     """
 
     target: str
@@ -41,6 +43,7 @@ class ProbeReport:
     greeting: str = ""
     peer: str = ""
     error: str = ""
+    refusals: list[str] = field(default_factory=list)
     fingerprint: list[dict] = field(default_factory=list)
     observations: dict[str, Observation] = field(default_factory=dict, repr=False)
 
@@ -57,6 +60,7 @@ class ProbeReport:
             "greeting": self.greeting,
             "exit_code": self.exit_code,
             "error": self.error,
+            "refusals": self.refusals,
             "findings": [f.to_dict() for f in self.findings],
             "passive": self.passive,
             **({"fingerprint": self.fingerprint} if self.fingerprint else {}),
@@ -72,6 +76,19 @@ async def _observe(ctx: ProbeContext, probe: Probe) -> Observation:
     obs.elapsed = round(time.monotonic() - started, 3)
     ctx.progress(f"{probe.name}: done in {obs.elapsed:g} s" + (f" ({obs.error})" if obs.error else ""))
     return obs
+
+
+async def _observe_into(ctx: ProbeContext, probe: Probe, into: dict[str, Observation]) -> None:
+    into[probe.name] = await _observe(ctx, probe)
+
+
+def _lower_limit(ctx: ProbeContext, obs: Observation) -> None:
+    """After the session-limit probe: run the other probes within what the
+    server allowed, leaving one slot free for real users when the limit is low."""
+    accepted = obs.data.get("accepted")
+    if obs.probe == "session-limit" and "refused" in obs.data and accepted:
+        allowed = accepted - 1 if accepted > 2 else accepted
+        ctx.limiter.total_tokens = max(1, min(ctx.limiter.total_tokens, allowed))
 
 
 async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
@@ -102,34 +119,43 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                        trust_pasv_address=trust_pasv_address, progress=progress,
                        other_port=other_port, expect_reflector=vantage == "reflector")
     observations: dict[str, Observation] = {}
-    with trio.move_on_after(deadline) as scope:
-        try:
-            async with ctx.session(login=True) as s:
-                report.greeting = s.greeting.text if s.greeting else ""
-                report.peer = str(s.peer_address)
-        except FtpProbeError as exc:
-            report.error = str(exc)
+    phase = "preflight (connect, greeting, login)"
+    try:
+        with trio.move_on_after(deadline) as scope:
+            try:
+                s = await ctx.preflight()
+            except FtpProbeError as exc:
+                report.error = str(exc)
+                report.duration_s = round(time.monotonic() - started, 3)
+                return report
+            report.greeting = s.greeting.text if s.greeting else ""
+            report.peer = str(s.peer_address)
+            progress(f"connected to {report.peer}, logged in as {target.user}")
+
+            for probe in (p for p in probes if p.exclusive):
+                phase = f"{probe.name} probe"
+                observations[probe.name] = await _observe(ctx, probe)
+                _lower_limit(ctx, observations[probe.name])
+
+            phase = "probes"
+            async with trio.open_nursery() as nursery:
+                for probe in (p for p in probes if not p.exclusive):
+                    nursery.start_soon(_observe_into, ctx, probe, observations)
+    finally:
+        with trio.CancelScope(shield=True):
+            await ctx.aclose()
+    if scope.cancelled_caught:
+        # A run cut short is a failed run (exit 3), never "no problem found".
+        unfinished = [p.name for p in probes if p.name not in observations]
+        report.error = (f"run deadline of {deadline:g} s passed during the {phase}"
+                        + (f"; unfinished: {', '.join(unfinished)}" if unfinished and report.peer else ""))
+        for name in unfinished:
+            observations[name] = Observation(name, error=f"run deadline of {deadline:g} s passed")
+        if not report.peer:
             report.duration_s = round(time.monotonic() - started, 3)
             return report
-        progress(f"connected to {report.peer}, logged in as {target.user}")
-
-        for probe in (p for p in probes if p.exclusive):
-            observations[probe.name] = await _observe(ctx, probe)
-            accepted = observations[probe.name].data.get("accepted")
-            if probe.action == "session-limit" and "refused" in observations[probe.name].data and accepted:
-                # Leave one slot free for real users when the limit is low.
-                ctx.limiter.total_tokens = max(1, min(ctx.limiter.total_tokens, accepted - 1 if accepted > 2 else accepted))
-
-        async def one(probe: Probe) -> None:
-            observations[probe.name] = await _observe(ctx, probe)
-
-        async with trio.open_nursery() as nursery:
-            for probe in (p for p in probes if not p.exclusive):
-                nursery.start_soon(one, probe)
-    if scope.cancelled_caught:
-        for probe in probes:
-            observations.setdefault(probe.name, Observation(probe.name, error=f"run deadline of {deadline:g} s passed"))
     report.observations = observations
+    report.refusals = list(ctx.refusals)
     decided = [q for p in probes for q in p.decides]
     pmap = passive_map(observations)
     report.findings = infer(observations, list(dict.fromkeys(decided)),

@@ -101,7 +101,10 @@ async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control
         if isinstance(exc, socket.gaierror):
             reason = f"cannot resolve host name ({reason})"
         raise ConnectFailed(f"{what} connection to {host} port {port}: {reason}") from None
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    try:
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    except OSError:
+        pass  # reset already: the first read or write reports it
     return stream
 
 
@@ -155,40 +158,72 @@ class ControlSession:
         self.history: list[Exchange] = []
         self.greeting: Reply | None = None
         self._eof = False
+        self._peer = stream.socket.getpeername()
+        self._local = stream.socket.getsockname()
 
     @classmethod
     async def open(cls, host: str, port: int, timeout: float) -> "ControlSession":
-        """Connect (no greeting read yet).  Raises :class:`ConnectFailed`."""
-        return cls(await open_tcp(host, port, timeout), host, port, timeout)
+        """Connect (no greeting read yet).  Raises :class:`ConnectFailed`, or
+        :class:`PeerClosed` if the peer resets before we know its address."""
+        stream = await open_tcp(host, port, timeout)
+        try:
+            return cls(stream, host, port, timeout)
+        except OSError as exc:
+            await stream.aclose()
+            raise _closed_error(exc, "connecting") from None
 
     # Addresses -------------------------------------------------------------
+
+    # Read once at connect time: after a reset, getpeername() fails (ENOTCONN)
+    # and the addresses are still needed for the evidence.
 
     @property
     def peer_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The control peer's IP address: the only address data connections go to by default."""
-        return ipaddress.ip_address(self.stream.socket.getpeername()[0])
+        return ipaddress.ip_address(self._peer[0])
 
     @property
     def local_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """Our own address on the control connection (what PORT should name)."""
-        return ipaddress.ip_address(self.stream.socket.getsockname()[0])
+        return ipaddress.ip_address(self._local[0])
 
     @property
     def local_port(self) -> int:
-        return self.stream.socket.getsockname()[1]
+        return self._local[1]
 
     def tcp_info(self) -> dict[str, int]:
         return read_tcp_info(self.stream.socket)
 
     # I/O -------------------------------------------------------------------
 
+    #: Seconds at most that :meth:`aclose` waits for QUIT's reply and the server's close.
+    QUIT_WAIT = 1.0
+
     async def aclose(self) -> None:
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            try:
-                await self.stream.aclose()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        """End the session: QUIT (RFC 959 §4.1.1) and wait, at most
+        :data:`QUIT_WAIT` seconds, for the server to close its side, then close.
+
+        Waiting matters for session limits: a server counts a session until it
+        has seen the close, so a slot freed before that could let our next
+        session in over its limit.  A session whose last command got no reply
+        (a stalled path) is closed at once.  Never raises; shielded from
+        cancellation.
+        """
+        with trio.CancelScope(shield=True):
+            last = self.history[-1].outcome if self.history else "reply"
+            if self.greeting is not None and not self._eof and last == "reply":
+                with trio.move_on_after(min(self.timeout, self.QUIT_WAIT)):
+                    try:
+                        await self.stream.send_all(b"QUIT\r\n")
+                        while await self.stream.receive_some(4096):
+                            pass  # the 221 reply, then the server's FIN
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+            with trio.move_on_after(1):
+                try:
+                    await self.stream.aclose()
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
 
     async def __aenter__(self) -> "ControlSession":
         return self

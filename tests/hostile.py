@@ -143,9 +143,61 @@ def list_1gb(conn, server):
     _basic(conn, server, pasv_reply=_own_pasv(server), on_list=flood)
 
 
+def _reset(c: socket.socket) -> bool:
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # SO_LINGER 0: the close sends RST
+    return False
+
+
+def reset_after_pasv(conn, server):
+    """A 227/229 reply, then a reset of the control connection."""
+    def answer_then_reset(c, reply):
+        c.sendall(reply)
+        time.sleep(0.05)
+        return _reset(c)
+    conn.sendall(b"220 resets after passive replies\r\n")
+    while (line := _read_line(conn)):
+        verb = line.split()[0].upper() if line.split() else b""
+        if verb == b"USER":
+            conn.sendall(b"331 password please\r\n")
+        elif verb == b"PASS":
+            conn.sendall(b"230 ok\r\n")
+        elif verb in (b"PASV", b"P@SW"):
+            return answer_then_reset(conn, _own_pasv(server))
+        elif verb == b"EPSV":
+            return answer_then_reset(conn, f"229 Extended (|||{server.data_port}|)\r\n".encode())
+        elif verb == b"QUIT":
+            conn.sendall(b"221 bye\r\n")
+            return
+        else:
+            conn.sendall(b"200 ok\r\n")
+
+
+def reset_mid_multiline(conn, server):
+    """FEAT and every other command after login get half a multi-line reply, then a reset."""
+    conn.sendall(b"220 resets inside multi-line replies\r\n")
+    while (line := _read_line(conn)):
+        verb = line.split()[0].upper() if line.split() else b""
+        if verb == b"USER":
+            conn.sendall(b"331 password please\r\n")
+        elif verb == b"PASS":
+            conn.sendall(b"230 ok\r\n")
+        else:
+            conn.sendall(b"211-Features:\r\n EPSV\r\n PASV\r\n")
+            time.sleep(0.05)
+            return _reset(conn)
+
+
+def silent_after_greeting(conn, server):
+    """Greets, then never answers anything."""
+    conn.sendall(b"220 hello\r\n")
+    time.sleep(30)
+
+
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
     never_greets, huge_line, endless_multiline, drips, login_refused, pasv_third_party, pasv_bad_numbers,
-    greets_late, pasv_port_zero, reset_after_port, half_closes, data_silent, list_1gb)}
+    greets_late, pasv_port_zero, reset_after_port, half_closes, data_silent, list_1gb,
+    reset_after_pasv, reset_mid_multiline, silent_after_greeting)}
 
 
 class HostileServer:

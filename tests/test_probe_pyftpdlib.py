@@ -4,6 +4,8 @@ import json
 import os
 import time
 
+import trio
+
 
 from ftpprobe.catalog import load_catalog
 from ftpprobe.inference import RULES
@@ -19,7 +21,8 @@ def target_of(server) -> Target:
 
 async def test_full_probe_reports_what_pyftpdlib_does(pyftpd):
     server = pyftpd(passive_ports=(52000, 52019), max_cons=5)
-    report = await run_probes(target_of(server), timeout=1.5, samples=40)
+    # --max-sessions above the server's limit, so the session-limit probe can find it.
+    report = await run_probes(target_of(server), timeout=1.5, samples=40, max_sessions=8)
     assert report.error == ""
     f = {x.id: x for x in report.findings}
     # pyftpdlib's asynchat terminator is CRLF: a bare-LF line is never executed.
@@ -45,6 +48,31 @@ async def test_full_probe_reports_what_pyftpdlib_does(pyftpd):
     assert abs(p["estimate_low"] - 52000) <= 4 * p["uncertainty"] + 1
     assert abs(p["estimate_high"] - 52019) <= 4 * p["uncertainty"] + 1
     assert p["allocation"] == "random" and p["reachable"] == p["tried"] == 40
+
+
+async def test_max_sessions_is_honoured_exactly(pyftpd):
+    """A server whose per-address limit equals --max-sessions never refuses
+    one of our sessions: the preflight session counts, and is reused."""
+    server = pyftpd(passive_ports=(52100, 52119))
+    server._server.max_cons_per_ip = 3  # pyftpdlib counts control connections per address here
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, sum(1 for ip in list(server._server.ip_map) if ip == "127.0.0.1"))
+            await trio.sleep(0.002)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        report = await run_probes(target_of(server), timeout=1.5, samples=12, max_sessions=3)
+        nursery.cancel_scope.cancel()
+    assert report.error == ""
+    assert report.refusals == []
+    f = {x.id: x for x in report.findings}
+    assert f["server.connection-limit"].status == "absent"
+    assert f["server.connection-limit"].evidence[0].startswith("3 of 3 concurrent sessions accepted")
+    assert 1 <= peak <= 3
 
 
 async def test_probes_run_concurrently_not_in_sequence(pyftpd):
