@@ -136,7 +136,11 @@ class ActiveListener:
         """Wait for the server's data connection.  Never raises for a no-show."""
         started = time.monotonic()
         with trio.move_on_after(timeout):
-            conn, peer = await self.sock.accept()
+            try:
+                conn, peer = await self.sock.accept()
+            except OSError as exc:  # e.g. out of file descriptors: no connection, said so
+                return None, DataResult(False, error=f"accept failed: {exc.strerror or exc}",
+                                        elapsed=round(time.monotonic() - started, 3))
             return trio.SocketStream(conn), DataResult(True, peer=(peer[0], peer[1]),
                                                        elapsed=round(time.monotonic() - started, 3))
         return None, DataResult(False, error=f"no data connection arrived within {timeout:g} s",
