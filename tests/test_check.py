@@ -39,14 +39,21 @@ def test_fleet_nagios_line_prometheus_and_baseline_diff(fleet, tmp_path, pyftpd)
     baseline, prom = tmp_path / "baseline.json", tmp_path / "ftpprobe.prom"
     done = run_cli("check", "--targets", str(toml), "--save-baseline", str(baseline), "--prometheus-file", str(prom))
     assert done.returncode == 2, done.stdout + done.stderr
-    line = done.stdout.strip()
+    line, *long_output = done.stdout.splitlines()
     assert line.startswith("FTPPROBE CRITICAL - CRITICAL shop-dark: down: control connection to 127.0.0.1 port ")
     assert "Connection refused" in line
     status, perfdata = line.split(" | ")
     items = perfdata.split()
     assert items[:4] == ["sites=4;;;0", "down=1;;;0", "warning=0;;;0", "critical=1;;;0"]
-    assert all(re.fullmatch(r"'?[^=]+'?=[\d.]+(s|%)?;[\d.]*;[\d.]*;\d*(;\d*)?", item) for item in items), items
+    assert all(re.fullmatch(r"'?[^=]+'?=([\d.]+(s|%)?|U);[\d.]*;[\d.]*;\d*(;\d*)?", item) for item in items), items
     assert "'shop-0_pasv_reachable'=100%;;;0;100" in items
+    # the same labels whatever the results: the dark site's share is unknown, not missing
+    assert [i.split("=")[0] for i in items[4:]] == [f"'{s}_{m}'" for s in ("shop-0", "shop-1", "shop-2", "shop-dark")
+                                                    for m in ("time", "pasv_reachable")]
+    assert "'shop-dark_pasv_reachable'=U;;;0;100" in items
+    # long output: one line per finding of each problem site
+    assert len(long_output) == 1 and re.fullmatch(
+        r"CRITICAL shop-dark: down: control connection to 127\.0\.0\.1 port \d+: .*Connection refused.*", long_output[0])
 
     families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
     up = {s.labels["site"]: s.value for s in families["ftpprobe_site_up"].samples}
@@ -77,6 +84,15 @@ def test_fleet_nagios_line_prometheus_and_baseline_diff(fleet, tmp_path, pyftpd)
     assert by_site["shop-2"]["status"] == "CRITICAL"
     assert by_site["shop-dark"]["findings"] == []  # dark then, dark now: no change
 
+    done = run_cli("check", "--targets", str(toml), "--baseline", str(baseline))
+    line, *long_output = done.stdout.splitlines()
+    assert done.returncode == 2 and line.startswith("FTPPROBE CRITICAL - CRITICAL shop-2: down: ")
+    assert [l.split(":")[0] for l in long_output] == ["CRITICAL shop-2", "CRITICAL shop-2", "CRITICAL shop-dark",
+                                                      "WARNING shop-1"]
+    assert long_output[1].startswith("CRITICAL shop-2: change.site-dark present: up at the baseline of ")
+    assert long_output[3].startswith("WARNING shop-1: change.pasv-range-moved present: passive range ")
+    assert "shop-0" not in done.stdout.split(" | ")[0] + "\n".join(long_output)
+
 
 def test_single_site_ok_line_thresholds_and_quiet(pyftpd):
     server = pyftpd(passive_ports=(54900, 54909))
@@ -88,6 +104,28 @@ def test_single_site_ok_line_thresholds_and_quiet(pyftpd):
     assert f"'127.0.0.1:{server.port}_time'=" in done.stdout and "s;0;100;0" in done.stdout
     done = run_cli("check", "--quiet", server.url)
     assert done.returncode == 0 and done.stdout == ""
+
+
+def _thresholds_are_ranges() -> bool:
+    from ftpprobe.cli import check
+    from ftpprobe.monitoring import ThresholdRange
+
+    return any(isinstance(p.type, ThresholdRange) for p in check.params if p.name in ("warn_s", "crit_s", "warn", "crit"))
+
+
+@pytest.mark.skipif(not _thresholds_are_ranges(), reason="cli.py check -w/-c not yet wired to monitoring.THRESHOLD")
+def test_thresholds_in_the_plugin_range_syntax(pyftpd):
+    server = pyftpd(passive_ports=(54910, 54919))
+    site = f"127.0.0.1:{server.port}"
+    done = run_cli("check", "-w", "@0:1000", server.url)  # inside the range: alert
+    assert done.returncode == 1 and done.stdout.startswith(f"FTPPROBE WARNING - WARNING {site}: slow")
+    assert f"WARNING {site}: check took " in done.stdout and "inside the warning range @1000" in done.stdout
+    assert ";@1000;;0 " in done.stdout
+    done = run_cli("check", "-w", "~:1000", "-c", "100:", server.url)  # faster than 100 s: alert
+    assert done.returncode == 2 and f"'{site}_time'=" in done.stdout and "s;~:1000;100:;0 " in done.stdout
+    done = run_cli("check", "-w", "10:5", server.url)
+    assert done.returncode == 3 and "not a threshold range (start 10 must not be greater than end 5)" in done.stderr
+    assert done.stdout == ""
 
 
 @pytest.mark.parametrize("content, name, message", [
