@@ -52,6 +52,12 @@ QUIRKS: dict[str, tuple[Severity, str]] = {
     "server.connection-limit": ("info", "the server limits concurrent sessions"),
     "server.active-source-port": ("info", "the active-mode data connection does not come from port 20 (control port - 1)"),
     "path.hairpin": ("warning", "from the LAN, the site's public address serves control but not data connections"),
+    "server.space-lf-rejected": ("info", "'PASV \\n' (a space, then a bare LF) is not executed"),
+    "server.cr-rejected": ("info", "a command ended by a bare CR is not executed"),
+    "server.trailing-space-rejected": ("info", "a command with a trailing space before CRLF is refused"),
+    "server.split-rejected": ("warning", "a command that arrives split across TCP segments is not executed"),
+    "path.passive-blocked": ("warning", "passive data connections to the advertised ports fail from this vantage "
+                                         "while the control connection works"),
     # changes since a baseline (ftpprobe check --baseline)
     "change.site-dark": ("critical", "the site answered at the baseline and does not now"),
     "change.quirk-appeared": ("warning", "a quirk absent at the baseline is present now"),

@@ -1,0 +1,390 @@
+"""What the probes saw: one frozen dataclass per executor action.  Pure: no I/O, no trio.
+
+Executors (:mod:`ftpprobe.executors`) build these; rules (:mod:`ftpprobe.rules`)
+read them.  Bytes stay bytes here (the exact wire form of what was sent and
+what arrived) and are escaped only for output (:func:`ftpprobe.codec.escape`).
+
+Every observation carries ``probe`` (the catalog name), ``elapsed`` (seconds
+the probe took) and ``exchanges`` (every command of its own sessions, logins
+left out).  A probe that could not run at all is a :class:`Failed`; one that
+decided it had nothing to do is a :class:`Skipped`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from .codec import Reply, escape
+from .passive import PassiveSample
+
+Outcome = Literal["reply", "timeout", "closed", "reset", "malformed"]
+Address = tuple[str, int]  #: (IP address as text, TCP port)
+
+
+@dataclass(frozen=True)
+class TcpInfo:
+    """The kernel's view of a TCP connection at one moment (Linux TCP_INFO,
+    ``include/uapi/linux/tcp.h``, plus SIOCOUTQ).
+
+    ``outq``: bytes in the send queue (sent but unacknowledged, or not yet
+    sent); ``unacked``: segments sent and not acknowledged; ``retransmits``:
+    retransmissions of the current segment; ``total_retrans``: segments
+    retransmitted over the connection's life; ``last_data_recv_ms``:
+    milliseconds since data last arrived; ``rtt_us``: smoothed RTT,
+    microseconds.  ``None`` where the platform gave no value.
+    """
+
+    outq: int | None = None
+    unacked: int | None = None
+    retransmits: int | None = None
+    total_retrans: int | None = None
+    last_data_recv_ms: int | None = None
+    rtt_us: int | None = None
+
+    @classmethod
+    def from_kernel(cls, info: dict[str, int]) -> "TcpInfo | None":
+        """From :func:`ftpprobe.transport.read_tcp_info`'s dict; ``None`` if empty."""
+        if not info:
+            return None
+        return cls(outq=info.get("outq"), unacked=info.get("unacked"), retransmits=info.get("retransmits"),
+                   total_retrans=info.get("total_retrans"), last_data_recv_ms=info.get("last_data_recv"),
+                   rtt_us=info.get("rtt"))
+
+    @property
+    def stall(self) -> Literal["dropped", "held", "unknown"]:
+        """How an unanswered line was lost, from the kernel's counters.
+
+        ``dropped``: our bytes are still unacknowledged (``outq`` > 0) and
+        were retransmitted: something on the path discards the segment (an
+        ALG's NF_DROP).  ``held``: every byte was acknowledged (``outq`` 0)
+        and no answer came: a middlebox (or the server) holds the line back.
+        ``unknown``: no counters, or unacknowledged without a retransmission yet.
+        """
+        if self.outq is None:
+            return "unknown"
+        if self.outq > 0 and ((self.total_retrans or 0) > 0 or (self.retransmits or 0) > 0):
+            return "dropped"
+        if self.outq == 0:
+            return "held"
+        return "unknown"
+
+    def describe(self) -> str:
+        return (f"TCP_INFO: {self.outq if self.outq is not None else '?'} bytes unacknowledged, "
+                f"{self.total_retrans if self.total_retrans is not None else '?'} retransmissions, "
+                f"last data received {self.last_data_recv_ms if self.last_data_recv_ms is not None else '?'} ms ago")
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One line sent and what came back (RFC 959 §4.2).
+
+    ``sent``: the exact bytes written (a secret argument replaced by
+    ``****``); ``segments``: TCP writes used; ``outcome``: ``reply``,
+    ``timeout``, ``closed``, ``reset`` or ``malformed``; ``reply``: the reply
+    when there was one; ``elapsed``: seconds from the first byte sent to the
+    outcome; ``tcp_info``: counters at a timeout; ``error``: the reason text.
+    """
+
+    sent: bytes
+    outcome: Outcome
+    reply: Reply | None = None
+    segments: int = 1
+    elapsed: float = 0.0
+    tcp_info: TcpInfo | None = None
+    error: str = ""
+
+    @property
+    def code(self) -> int | None:
+        """The reply code, or ``None`` without a reply."""
+        return self.reply.code if self.reply is not None else None
+
+    @property
+    def positive(self) -> bool:
+        """A 1xx/2xx/3xx reply: the command was accepted (RFC 959 §4.2.1)."""
+        return self.reply is not None and self.reply.code < 400
+
+    @property
+    def negative(self) -> bool:
+        """A 4xx/5xx reply: the command was refused."""
+        return self.reply is not None and self.reply.code >= 400
+
+    def describe(self) -> str:
+        """One evidence line: what was sent and what came back."""
+        split = f" in {self.segments} segments" if self.segments > 1 else ""
+        if self.reply is not None:
+            return f"sent '{escape(self.sent)}'{split} -> '{self.reply.display(100)}'"
+        line = f"sent '{escape(self.sent)}'{split} -> {self.outcome}" + (f" ({self.error})" if self.error else "")
+        if self.outcome == "timeout" and self.tcp_info is not None:
+            line += "; " + self.tcp_info.describe()
+        return line
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Fields every observation has."""
+
+    probe: str
+    elapsed: float = 0.0
+    exchanges: tuple[Exchange, ...] = ()
+
+
+FailureKind = Literal["connect", "login", "refused", "timeout", "reset", "protocol", "deadline"]
+
+
+@dataclass(frozen=True)
+class Failed(Observed):
+    """The probe could not be carried out: its session failed before the
+    probe's own command (``kind`` says how), or the run's deadline passed."""
+
+    error: str = ""
+    kind: FailureKind = "protocol"
+
+
+@dataclass(frozen=True)
+class Skipped(Observed):
+    """The probe had nothing to do here (e.g. PORT cannot name an IPv6 address)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DataOutcome:
+    """One data connection attempt (RFC 959 §3.2).  ``host``/``port``: where
+    it went; ``connected``: the TCP handshake completed; ``error``: why not;
+    ``head``: the first bytes read from it (at most a few hundred)."""
+
+    host: str
+    port: int
+    connected: bool
+    error: str = ""
+    head: bytes = b""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """An active-mode transfer: LIST after PORT/EPRT, and whether the peer's
+    data connection arrived at our listener.
+
+    ``list_exchange``: LIST and its first reply; ``expected``: the peer
+    accepted the transfer (a 1xx reply), so a connection was due;
+    ``connected``: it arrived, from ``source``; ``bytes``: bytes read
+    (``truncated`` past 1 MiB); ``head``: its first bytes; ``final``: the
+    reply after the transfer, or why there was none; ``error``: why no
+    connection arrived.
+    """
+
+    list_exchange: Exchange
+    expected: bool
+    connected: bool = False
+    source: Address | None = None
+    bytes: int = 0
+    truncated: bool = False
+    head: bytes = b""
+    final: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CommandObs(Observed):
+    """A command variant in a fresh session (action ``command``).
+
+    ``exchange``: the variant; ``alive_after``: a canonical NOOP afterwards
+    got a reply (``None`` when not tried); ``retry``: when the variant got no
+    reply, the same variant once more in a new session (one lost packet is
+    not a stall).
+    """
+
+    exchange: Exchange | None = None
+    alive_after: bool | None = None
+    retry: Exchange | None = None
+
+
+@dataclass(frozen=True)
+class PassiveObs(Observed):
+    """PASV/EPSV variant then a data connection to the port it named (action ``passive``).
+
+    ``advertised``: the address in a 227 (``None`` for 229) and the port;
+    ``data``: the data connection attempt; ``parse_error``: the reply was a
+    227/229 that could not be parsed.
+    """
+
+    exchange: Exchange | None = None
+    advertised: tuple[str | None, int] | None = None
+    data: DataOutcome | None = None
+    parse_error: str = ""
+
+
+@dataclass(frozen=True)
+class ActiveObs(Observed):
+    """PORT/EPRT naming our own listener, then LIST (action ``active``).
+
+    ``listen``: our listener; ``control_port``: the server's control port
+    (RFC 959 §3.3: active data comes from port L-1 by default);
+    ``transfer``: LIST and the data connection, when PORT/EPRT was accepted.
+    """
+
+    exchange: Exchange | None = None
+    listen: Address | None = None
+    control_port: int = 21
+    transfer: Transfer | None = None
+
+
+@dataclass(frozen=True)
+class BounceObs(Observed):
+    """PORT naming a third party (action ``bounce``); never followed by a transfer."""
+
+    exchange: Exchange | None = None
+    foreign: Address | None = None
+
+
+@dataclass(frozen=True)
+class ListingObs(Observed):
+    """FEAT, then LIST over a passive data connection (action ``listing``).
+
+    ``mlsd``: FEAT lists MLSD/MLST (RFC 3659); ``no_passive``: why no data
+    connection was made (empty if it was); ``list_exchange``: LIST and its
+    reply; ``lines``: non-empty lines read; ``bytes``/``truncated``: as for
+    :class:`Transfer`; ``timed_out``: the data connection did not end within
+    the timeout; ``style``: ``unix``, ``dos`` or ``none``; ``unparseable``:
+    up to three lines that fit neither style; ``unparseable_count``: all of them.
+    """
+
+    mlsd: bool = False
+    no_passive: str = ""
+    list_exchange: Exchange | None = None
+    lines: int = 0
+    bytes: int = 0
+    truncated: bool = False
+    timed_out: bool = False
+    style: str = "none"
+    unparseable: tuple[bytes, ...] = ()
+    unparseable_count: int = 0
+
+
+@dataclass(frozen=True)
+class AuthTlsObs(Observed):
+    """FEAT and AUTH TLS (RFC 4217 §4) before login (action ``auth-tls``).
+
+    ``feat_auth_tls``: FEAT lists AUTH TLS; ``exchange``: AUTH TLS and its
+    reply (the session closes without a handshake); ``user``/``anonymous``:
+    the run's login; ``password_sent_in_clear``: a session of this run sent
+    PASS outside TLS (decided from what was sent, not from the user name).
+    """
+
+    feat_auth_tls: bool = False
+    exchange: Exchange | None = None
+    user: str = ""
+    anonymous: bool = True
+    password_sent_in_clear: bool = False
+
+
+RefusalKind = Literal["421", "too-many", "other-reply", "timeout", "reset", "closed", "connect"]
+
+
+@dataclass(frozen=True)
+class SessionLimitObs(Observed):
+    """Concurrent logged-in sessions, opened until the first refusal (action ``session-limit``).
+
+    ``tried``: sessions wanted in all (``--max-sessions`` at most);
+    ``held``: sessions this run already held (they count); ``accepted``:
+    sessions open at once, ``held`` included; ``refusal``: how the next one
+    failed (``421``; ``too-many``: a reply that says so in words; or a
+    timeout, reset, close, connect failure, which show no limit);
+    ``refusal_text``: its evidence.
+    """
+
+    tried: int = 0
+    held: int = 0
+    accepted: int = 0
+    refusal: RefusalKind | None = None
+    refusal_text: str = ""
+
+
+@dataclass(frozen=True)
+class PassiveMapObs(Observed):
+    """Repeated PASV/EPSV over ``sessions`` concurrent sessions (action ``pasv-map``).
+
+    ``samples``: in the order they arrived; ``errors``: why a session
+    stopped early; ``wanted``: samples asked for.
+    """
+
+    samples: tuple[PassiveSample, ...] = ()
+    errors: tuple[str, ...] = ()
+    sessions: int = 0
+    wanted: int = 0
+
+
+@dataclass(frozen=True)
+class Reflection:
+    """What an ``ftpprobe reflect`` server reported for one line: the bytes
+    as they arrived, the peer address it saw, and the sizes of the reads the
+    line arrived in (segment boundaries as received)."""
+
+    arrived: bytes
+    peer_seen: Address
+    reads: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReflectActiveObs(Observed):
+    """PORT/EPRT variant to the reflector, then LIST (action ``reflect-active``).
+
+    ``sent``: the exact line; ``reflection``: what the reflector received
+    (``None`` if no report came back); ``local``: our end of the control
+    connection; ``control_port``: the reflector port used; ``named``: the
+    address and port the line named; ``transfer``: LIST and whether the
+    reflector's connection back arrived (only for our own address);
+    ``retry``: when the line got no reply, the same line once more in a new
+    session (one lost packet is not a stall).
+    """
+
+    exchange: Exchange | None = None
+    retry: Exchange | None = None
+    sent: bytes = b""
+    reflection: Reflection | None = None
+    local: Address | None = None
+    control_port: int = 21
+    named: Address | None = None
+    transfer: Transfer | None = None
+
+
+@dataclass(frozen=True)
+class ReflectPassiveObs(Observed):
+    """PASV/EPSV variant to the reflector (action ``reflect-passive``).
+
+    ``declared``: the address/port the reflector wrote in its 227/229 (out
+    of band); ``advertised``: what arrived here; ``data``: the passive data
+    connection to the advertised port (to the control peer's address);
+    ``retry``: as for :class:`ReflectActiveObs`.
+    """
+
+    exchange: Exchange | None = None
+    retry: Exchange | None = None
+    sent: bytes = b""
+    reflection: Reflection | None = None
+    local: Address | None = None
+    control_port: int = 21
+    declared: tuple[str | None, int] | None = None
+    advertised: tuple[str | None, int] | None = None
+    data: DataOutcome | None = None
+    parse_error: str = ""
+
+
+Observation = (Failed | Skipped | CommandObs | PassiveObs | ActiveObs | BounceObs | ListingObs | AuthTlsObs
+               | SessionLimitObs | PassiveMapObs | ReflectActiveObs | ReflectPassiveObs)
+
+#: Addresses a 227 reply must not advertise to the internet: RFC 1918,
+#: loopback, link-local, CGNAT (RFC 6598) and IPv6 unique-local.  Not
+#: ``ipaddress``'s ``is_private``, which also counts the documentation ranges.
+NON_ROUTABLE = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10",
+    "::1/128", "fe80::/10", "fc00::/7"))
+
+
+def non_routable(address: str) -> bool:
+    """True for an address in :data:`NON_ROUTABLE`.  Raises ``ValueError`` for a non-address."""
+    addr = ipaddress.ip_address(address)
+    return any(addr.version == net.version and addr in net for net in NON_ROUTABLE)
+
