@@ -179,13 +179,20 @@ async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_
 
 
 def baseline_entry(result: SiteResult) -> dict:
+    """What the baseline keeps of one site: up, finding statuses, and of the
+    passive analysis the 99% estimate with its ``confidence`` (for people) and
+    what :func:`compare_baseline` recomputes its intervals from (``range_min``,
+    ``range_max``, ``range_samples``, ``allocation``).  Version-1 baselines
+    written before those keys existed still load and compare
+    (:func:`ftpprobe.passive.range_claim`)."""
     p = result.report.passive
+    keys = ("estimate_low", "estimate_high", "uncertainty", "addresses", "allocation",
+            "confidence", "range_min", "range_max", "range_samples")
     return {
         "url": result.site.target.url,
         "up": result.up,
         "findings": {f.id: f.status for f in result.report.findings},
-        "passive": {k: p.get(k) for k in ("estimate_low", "estimate_high", "uncertainty", "addresses", "allocation")}
-        if p else {},
+        "passive": {k: p.get(k) for k in keys} if p else {},
     }
 
 
@@ -220,7 +227,18 @@ def load_baseline(path: str) -> dict:
 
 
 def compare_baseline(result: SiteResult, baseline: dict) -> list[Finding]:
-    """What changed since the baseline, as ``change.*`` findings (only present ones)."""
+    """What changed since the baseline, as ``change.*`` findings (only present ones).
+
+    ``change.pasv-range-moved`` when what the baseline and now claim about the
+    passive range (:func:`ftpprobe.passive.range_claim`: a confidence interval
+    at ``1 - RANGE_MOVED_FALSE_ALARM / 2``, or ports seen handed out by a
+    sequential allocator) do not overlap and at least one side is an interval.
+    If the range did not change, two intervals that each cover it overlap, so
+    a false alarm needs one of them to miss: at most
+    ``RANGE_MOVED_FALSE_ALARM`` (0.1%) per site and check.  Two sets of ports
+    from a sequential allocator prove nothing (it may have walked on)."""
+    from .passive import RANGE_MOVED_FALSE_ALARM, format_confidence, range_claim
+
     old = baseline["sites"].get(result.site.name)
     saved = baseline.get("saved", "?")
     if old is None:
@@ -240,17 +258,22 @@ def compare_baseline(result: SiteResult, baseline: dict) -> list[Finding]:
                                    "a new problem since the baseline: see that finding's advice",
                                    data={"quirk": quirk}))
     old_p, new_p = old.get("passive") or {}, result.report.passive or {}
-    if old_p.get("estimate_low") is not None and new_p.get("estimate_low") is not None:
-        tolerance = max(old_p.get("uncertainty") or 0, new_p.get("uncertainty") or 0) * 3 + 1
-        if (abs(old_p["estimate_low"] - new_p["estimate_low"]) > tolerance
-                or abs(old_p["estimate_high"] - new_p["estimate_high"]) > tolerance):
-            changes.append(Finding(
-                "change.pasv-range-moved", "present",
-                [f"passive range {old_p['estimate_low']}-{old_p['estimate_high']} at the baseline of {saved}, "
-                 f"now {new_p['estimate_low']}-{new_p['estimate_high']} (tolerance ±{tolerance})"],
-                "the server's passive range changed: forward the new range, or restore the old setting",
-                data={"old": [old_p["estimate_low"], old_p["estimate_high"]],
-                      "new": [new_p["estimate_low"], new_p["estimate_high"]]}))
+    level = 1 - RANGE_MOVED_FALSE_ALARM / 2
+    old_c, new_c = range_claim(old_p, level), range_claim(new_p, level)
+    if (old_c and new_c and "interval" in (old_c.kind, new_c.kind)
+            and (old_c.high < new_c.low or new_c.high < old_c.low)):
+        new_range = f"{new_p['estimate_low']}-{new_p['estimate_high']}"
+        if new_p.get("confidence"):
+            new_range += f" (the new range at {format_confidence(new_p['confidence'])} confidence)"
+        changes.append(Finding(
+            "change.pasv-range-moved", "present",
+            [f"passive range moved from {old_c.sampled} to {new_c.sampled} (sampled ports; baseline of {saved})",
+             f"baseline: {old_c.describe()}; now: {new_c.describe()}; they do not overlap"],
+            f"the server's passive range changed: forward {new_range}, or restore the old setting",
+            data={"old": [old_p["estimate_low"], old_p["estimate_high"]],
+                  "new": [new_p["estimate_low"], new_p["estimate_high"]],
+                  "old_claim": [old_c.low, old_c.high, old_c.kind], "new_claim": [new_c.low, new_c.high, new_c.kind],
+                  "confidence": level}))
     old_addr, new_addr = set((old_p.get("addresses") or {})), set((new_p.get("addresses") or {}))
     if old_addr and new_addr and old_addr != new_addr:
         changes.append(Finding("change.pasv-address-changed", "present",

@@ -446,7 +446,8 @@ class RangeClaim:
             return (f"ports {self.low}-{self.high} were handed out ({self.allocation} allocation, "
                     "no confidence claim)")
         if self.confidence is None:
-            return f"the estimate ±3 uncertainties is {self.low}-{self.high} (version-1 baseline, no stated confidence)"
+            return (f"the estimate ±3 uncertainties is {self.low}-{self.high} "
+                    "(version-1 baseline, no stated confidence)")
         return f"the {format_confidence(self.confidence)} interval is {self.low}-{self.high} ({self.samples} samples)"
 
 
@@ -474,9 +475,8 @@ def range_claim(p: dict, confidence: float) -> RangeClaim | None:
                               allocation)
         return RangeClaim(low, high, "observed", None, sampled, n, allocation)
     unc = p.get("uncertainty")
-    sampled = f"{p['estimate_low']}-{p['estimate_high']} (estimated)"
+    low, high = p["estimate_low"], p["estimate_high"]
     if unc or allocation == "fixed":
-        return RangeClaim(max(LOWEST_PORT, p["estimate_low"] - 3 * (unc or 0)),
-                          min(HIGHEST_PORT, p["estimate_high"] + 3 * (unc or 0)), "interval", None, sampled,
-                          allocation=allocation)
-    return RangeClaim(p["estimate_low"], p["estimate_high"], "observed", None, sampled, allocation=allocation)
+        return RangeClaim(max(LOWEST_PORT, low - 3 * (unc or 0)), min(HIGHEST_PORT, high + 3 * (unc or 0)),
+                          "interval", None, f"{low}-{high} (estimated)", allocation=allocation)
+    return RangeClaim(low, high, "observed", None, f"{low}-{high}", allocation=allocation)
