@@ -98,6 +98,9 @@ async def emulated_router_fingerprint(personalities: tuple[str, ...], *, timeout
     A real reflector listens on two loopback ports; a :class:`~ftpprobe.middlebox.Middlebox`
     with ``personalities`` fronts the first, a transparent one the second, both
     connecting outward from 127.0.0.2 (NAT on loopback).  Returns the report.
+    Raises what :func:`~ftpprobe.runner.run_probes` raises (e.g.
+    :class:`~ftpprobe.errors.FtpProbeError`), or ``OSError`` if a loopback
+    port cannot be bound: the error itself, never an ExceptionGroup.
     """
     import trio
 
@@ -106,11 +109,20 @@ async def emulated_router_fingerprint(personalities: tuple[str, ...], *, timeout
     from .runner import run_probes
     from .target import Target
 
-    async with trio.open_nursery() as nursery:
-        main, other = await nursery.start(Reflector("127.0.0.1", (0, 0)).serve)
-        port = await nursery.start(Middlebox("127.0.0.1", main, personalities).serve)
-        other_port = await nursery.start(Middlebox("127.0.0.1", other, ()).serve)
-        report = await run_probes(Target("127.0.0.1", port), timeout=timeout, vantage="reflector",
-                                  other_port=other_port, progress=progress)
+    error: BaseException | None = None
+    async with trio.open_nursery() as nursery:  # the servers; they never raise for a client's doing
+        try:
+            main, other = await nursery.start(Reflector("127.0.0.1", (0, 0)).serve)
+            port = await nursery.start(Middlebox("127.0.0.1", main, personalities).serve)
+            other_port = await nursery.start(Middlebox("127.0.0.1", other, ()).serve)
+            report = await run_probes(Target("127.0.0.1", port), timeout=timeout, vantage="reflector",
+                                      other_port=other_port, progress=progress)
+        except Exception as exc:
+            # Raised again below, outside the nursery: inside, trio >= 0.25
+            # would wrap it in an ExceptionGroup that the caller's
+            # ``except FtpProbeError`` does not catch.
+            error = exc
         nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return report

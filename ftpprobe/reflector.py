@@ -18,8 +18,14 @@ the reads in which the line arrived (the segment boundaries as received).
 Safe to leave on the internet: at most ``max_sessions`` sessions in all and
 ``per_address`` from one address, at most ``rate`` new sessions a minute from
 one address, lines of at most ``max_line`` bytes, ``idle`` seconds without a
-line, ``lifetime`` seconds a session; no file system access; one log line per
-refused peer per minute.
+line, ``lifetime`` seconds a session; one passive listener per session (a new
+PASV/EPSV closes the previous one) and ``max_listeners`` in all; a journal of
+at most twice ``journal_bytes``; per-address tables of at most
+``tracked_addresses`` entries; no other file system access; one log line per
+refused peer per minute.  One client's reset, half-close or garbage ends its
+own session only: every error a peer can cause is handled in the task that
+meets it, never by an ``except`` around a nursery (under trio >= 0.25 that
+sees an ExceptionGroup and lets it through).
 
 Reply format (RFC 959 multi-line, so any FTP client can read it)::
 
@@ -32,9 +38,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import logging.handlers
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 import trio
@@ -46,10 +53,31 @@ log = logging.getLogger("ftpprobe.reflect")
 
 TAG = "ftpprobe-reflect/1"
 
+# What a peer can do to a session's connection: reset it, close it under us,
+# stop reading (a send times out).  Each ends that session only.
+PEER_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError)
+
+RATE_WINDOW = 60.0  # seconds: the window of ``rate`` and of the one-log-line-per-refused-peer rule
+
 
 @dataclass
 class ReflectorLimits:
-    """Resource caps.  Seconds for times, bytes for lengths."""
+    """Resource caps.  Seconds for times, bytes for lengths.
+
+    ``max_sessions``: control sessions open at once; ``per_address``: of them
+    from one address; ``rate``: new sessions a minute from one address;
+    ``max_line``: bytes of one command line; ``idle``: seconds without a line
+    (and for one reply to be sent); ``lifetime``: seconds of one session;
+    ``connect_timeout``: seconds for a data connection (to a passive port, or
+    back to the client after PORT); ``max_listeners``: passive listeners open
+    at once over all sessions (each session has at most one: a new PASV/EPSV
+    closes the previous); beyond it PASV/EPSV is answered 425;
+    ``journal_bytes``: size of the journal file before it is rotated to
+    ``JOURNAL.1`` (one old file kept: at most twice this on disk);
+    ``tracked_addresses``: addresses remembered for ``rate`` and for the
+    refusal log (the least recently admitted or refused is forgotten first:
+    its rate window starts afresh).
+    """
 
     max_sessions: int = 64
     per_address: int = 8
@@ -58,13 +86,22 @@ class ReflectorLimits:
     idle: float = 30.0
     lifetime: float = 120.0
     connect_timeout: float = 5.0
+    max_listeners: int = 64
+    journal_bytes: int = 16 * 1024 * 1024
+    tracked_addresses: int = 4096
 
 
 @dataclass
 class Reflector:
     """The reflector server.  ``host``: address to listen on; ``ports``: control
     ports; ``journal``: optional path of a JSON-lines record of every line seen
-    (for the lab tests and for operators); ``limits``: :class:`ReflectorLimits`.
+    (for the lab tests and for operators; rotated at ``limits.journal_bytes``);
+    ``limits``: :class:`ReflectorLimits`.
+
+    ``sessions``, ``per_address`` (open sessions by address, only addresses
+    with one open), ``listeners`` (passive listeners open), ``recent``
+    (admission times of the last minute by address) and ``refused_logged``
+    (time of the last refusal logged, by address) are its live state.
     """
 
     host: str = "0.0.0.0"
@@ -72,49 +109,99 @@ class Reflector:
     limits: ReflectorLimits = field(default_factory=ReflectorLimits)
     journal: str | None = None
     sessions: int = 0
-    per_address: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    recent: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
+    per_address: dict[str, int] = field(default_factory=dict)
+    # Both ordered oldest first (an entry moves to the end when updated), so
+    # pruning looks at the front only.
+    recent: dict[str, deque] = field(default_factory=dict)
     refused_logged: dict[str, float] = field(default_factory=dict)
+    listeners: int = 0
     bound_ports: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._idle = trio.Event()
+        self._idle.set()
+        self._journal: logging.handlers.RotatingFileHandler | None = None
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen on every port and serve until cancelled.  ``task_status.started``
-        receives the list of bound ports (port 0 picks a free one)."""
+        receives the list of bound ports (port 0 picks a free one).
+
+        Raises ``OSError`` (e.g. ``PermissionError``) if a port cannot be bound;
+        nothing a client does makes it raise.
+        """
         listeners = []
-        for port in self.ports:
-            listeners += await trio.open_tcp_listeners(port, host=self.host)
+        try:
+            for port in self.ports:
+                listeners += await trio.open_tcp_listeners(port, host=self.host)
+        except OSError:
+            for listener in listeners:
+                await listener.aclose()
+            raise
         self.bound_ports = [lst.socket.getsockname()[1] for lst in listeners]
         log.info("reflector listening on %s ports %s", self.host, ",".join(map(str, self.bound_ports)))
         task_status.started(self.bound_ports)
-        async with trio.open_nursery() as nursery:
-            for lst in listeners:
-                nursery.start_soon(trio.serve_listeners, self._handle, [lst])
+        try:
+            await trio.serve_listeners(self._handle, listeners)
+        finally:
+            if self._journal is not None:
+                self._journal.close()
+
+    async def wait_idle(self) -> None:
+        """Return once no session is open (at once if none is): for tests and
+        for a graceful shutdown.  Connections still in the kernel's accept
+        queue are not counted."""
+        await self._idle.wait()
 
     # -- admission -----------------------------------------------------------
 
+    def _prune(self, now: float) -> None:
+        """Forget what no longer matters: admissions and refusal logs older than
+        the rate window, and the oldest entries beyond ``tracked_addresses``."""
+        cap = self.limits.tracked_addresses
+        for table, last in ((self.recent, lambda w: w[-1] if w else -1e9), (self.refused_logged, lambda t: t)):
+            while table:
+                oldest = next(iter(table))
+                if len(table) <= cap and now - last(table[oldest]) <= RATE_WINDOW:
+                    break
+                del table[oldest]
+
     def _admit(self, address: str) -> str | None:
-        """None to admit, else the reason for refusing."""
+        """None to admit (and count the admission), else the reason for refusing."""
         now = time.monotonic()
-        window = self.recent[address]
-        while window and now - window[0] > 60:
-            window.popleft()
+        self._prune(now)
         if self.sessions >= self.limits.max_sessions:
             return "too many sessions"
-        if self.per_address[address] >= self.limits.per_address:
+        if self.per_address.get(address, 0) >= self.limits.per_address:
             return "too many sessions from this address"
+        window = self.recent.get(address, ())
+        while window and now - window[0] > RATE_WINDOW:
+            window.popleft()
         if len(window) >= self.limits.rate:
             return "too many new sessions a minute from this address"
+        window = self.recent.pop(address, None) or deque()
         window.append(now)
+        self.recent[address] = window  # to the end: the most recently admitted
+        self._prune(now)  # the cap, now that there may be one more
         return None
 
     def _log_refusal(self, address: str, reason: str) -> None:
         now = time.monotonic()
-        if now - self.refused_logged.get(address, -1e9) >= 60:
-            self.refused_logged[address] = now
+        if now - self.refused_logged.get(address, -1e9) >= RATE_WINDOW:
+            self.refused_logged.pop(address, None)
+            self.refused_logged[address] = now  # to the end: the most recent
+            self._prune(now)
             log.warning("refused %s: %s", address, reason)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()
+        """Serve one control connection.  Never raises for anything the peer
+        does (reset, half-close, garbage, silence): one client must not end
+        the server, which a handler's exception would (it reaches
+        serve_listeners' nursery)."""
+        try:
+            peer = stream.socket.getpeername()
+            local = stream.socket.getsockname()
+        except OSError:
+            return  # reset while waiting to be accepted: nobody to serve
         address = peer[0]
         reason = self._admit(address)
         if reason:
@@ -122,54 +209,84 @@ class Reflector:
             with trio.move_on_after(1):
                 try:
                     await stream.send_all(f"421 {reason}\r\n".encode())
-                except (trio.BrokenResourceError, OSError):
+                except PEER_ERRORS:
                     pass
-            await stream.aclose()
-            return
+            return  # serve_listeners closes the stream
         self.sessions += 1
-        self.per_address[address] += 1
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
         try:
-            async with trio.open_nursery() as nursery:  # holds the session's data listeners
-                with trio.move_on_after(self.limits.lifetime):
-                    await _Session(self, stream, nursery).run()
-                nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
-            pass
+            await self._session(stream, (peer[0], peer[1]), (local[0], local[1]))
+        except Exception:
+            # Last resort: a bug met by one session is logged and ends that
+            # session, not the reflector (and not the other sessions).
+            log.exception("session with %s:%s failed", peer[0], peer[1])
         finally:
             self.sessions -= 1
             self.per_address[address] -= 1
             if not self.per_address[address]:
                 del self.per_address[address]
+            if not self.sessions:
+                self._idle.set()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    async def _session(self, stream: trio.SocketStream, peer: tuple[str, int], local: tuple[str, int]) -> None:
+        """Run one session for at most ``lifetime`` seconds; returns when the
+        peer quits, closes, resets or stops reading."""
+        async with trio.open_nursery() as nursery:  # the task serving the session's passive port
+            session = _Session(self, stream, nursery, peer, local)
+            try:
+                with trio.move_on_after(self.limits.lifetime):
+                    await session.run()
+            except PEER_ERRORS as exc:
+                # Handled here, in the task that met it: the nursery would
+                # wrap it in an ExceptionGroup.
+                log.debug("session with %s:%s ended: %s", peer[0], peer[1], exc)
+            finally:
+                session.close_passive()
+                nursery.cancel_scope.cancel()
+
     def record(self, entry: dict) -> None:
-        if self.journal:
-            with open(self.journal, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
+        """Append ``entry`` to the journal as one JSON line, if there is a journal;
+        the file is rotated to ``JOURNAL.1`` past ``limits.journal_bytes``.
+        A write error is reported on stderr by :mod:`logging`, never raised."""
+        if not self.journal:
+            return
+        if self._journal is None:
+            self._journal = logging.handlers.RotatingFileHandler(
+                self.journal, maxBytes=self.limits.journal_bytes, backupCount=1, encoding="utf-8", delay=True)
+        self._journal.handle(logging.makeLogRecord({"msg": json.dumps(entry)}))
 
 
 class _Session:
-    """One control connection to the reflector."""
+    """One control connection to the reflector.  Its methods raise
+    :data:`PEER_ERRORS` when the peer resets, closes or stops reading; the
+    caller (:meth:`Reflector._session`) ends the session on them."""
 
-    def __init__(self, server: Reflector, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+    def __init__(self, server: Reflector, stream: trio.SocketStream, nursery: trio.Nursery,
+                 peer: tuple[str, int], local: tuple[str, int]) -> None:
         self.server = server
         self.stream = stream
         self.nursery = nursery
-        peer = stream.socket.getpeername()
-        local = stream.socket.getsockname()
-        self.peer = (peer[0], peer[1])
-        self.local = (local[0], local[1])
+        self.peer = peer
+        self.local = local
         self.buffer = bytearray()
         self.reads: list[int] = []  # sizes of the reads holding the current line
         self.active: tuple[int, str] | None = None  # (port, as-arrived) from PORT/EPRT
+        # The one passive listener, and the scope of the task serving it.
+        self.passive_listener: trio.socket.SocketType | None = None
+        self.passive_scope: trio.CancelScope | None = None
 
     async def send(self, text: str) -> None:
         with trio.fail_after(self.server.limits.idle):
             await self.stream.send_all(text.encode("latin-1"))
 
     async def next_line(self) -> tuple[bytes, list[int]] | None:
-        """A complete line (ending in LF, or CR alone after a pause) and its reads."""
+        """A complete line (ending in LF, or CR alone after a pause, or whatever
+        arrived before the peer half-closed) and its reads; None at the end of
+        the session (EOF, idle, an overlong line)."""
         while True:
             nl = self.buffer.find(b"\n")
             if nl >= 0:
@@ -195,6 +312,13 @@ class _Session:
                 await self.send("421 idle too long\r\n")
                 return None
             if not data:
+                # Half-closed: the peer may still read, so what arrived without
+                # a line end is reported as after a pause; the next call ends.
+                if self.buffer:
+                    line, reads = bytes(self.buffer), self.reads
+                    self.buffer.clear()
+                    self.reads = []
+                    return line, reads
                 return None
             self.buffer += data
             self.reads.append(len(data))
@@ -238,6 +362,7 @@ class _Session:
         if verb in (b"LIST", b"NLST", b"RETR"):
             return await self.connect_back(entry)
         if verb == b"QUIT":
+            self.close_passive()  # released before the 221: a client may count on it
             await self.send("221 bye\r\n")
             return 0, ""
         if verb in (b"USER", b"PASS"):
@@ -245,24 +370,67 @@ class _Session:
         return 200, "seen"
 
     async def passive(self, extended: bool, entry: dict) -> tuple[int, str]:
+        """Open the session's passive listener and answer 227/229 (425 when
+        ``max_listeners`` are open or the socket cannot be opened)."""
+        # One listener per session, as FTP servers do: a new PASV/EPSV closes
+        # the previous one, so a PASV flood cannot pile up sockets.
+        self.close_passive()
         if not extended and ":" in self.local[0]:
             return 425, "PASV is for IPv4; use EPSV"
-        listener = trio.socket.socket(trio.socket.AF_INET6 if ":" in self.local[0] else trio.socket.AF_INET)
-        await listener.bind((self.local[0], 0))
-        listener.listen(1)
+        limit = self.server.limits.max_listeners
+        if self.server.listeners >= limit:
+            entry["pasv_error"] = "too many passive listeners"
+            return 425, f"too many passive listeners ({limit}); try again later"
+        try:
+            listener = trio.socket.socket(trio.socket.AF_INET6 if ":" in self.local[0] else trio.socket.AF_INET)
+        except OSError as exc:  # e.g. EMFILE
+            entry["pasv_error"] = str(exc)
+            return 425, "cannot open a passive port"
+        try:
+            await listener.bind((self.local[0], 0))
+            listener.listen(1)
+        except OSError as exc:
+            listener.close()
+            entry["pasv_error"] = str(exc)
+            return 425, "cannot open a passive port"
+        self.server.listeners += 1
+        self.passive_listener = listener
+        self.passive_scope = trio.CancelScope(deadline=trio.current_time() + self.server.limits.connect_timeout)
         port = listener.getsockname()[1]
         token = secrets.token_hex(8)
-        self.nursery.start_soon(self._serve_token, listener, token)
+        self.nursery.start_soon(self._serve_token, listener, token, self.passive_scope)
         entry["pasv"] = [self.local[0], port]
         if extended:
             return 229, f"Entering Extended Passive Mode (|||{port}|) declared={port:04x}.{token}"
         declared = ipaddress.IPv4Address(self.local[0]).packed.hex() + f"{port:04x}"
         return 227, f"Entering Passive Mode ({encode_port(self.local[0], port)}) declared={declared}.{token}"
 
-    async def _serve_token(self, listener, token: str) -> None:
-        """Accept one data connection within connect_timeout and send it the token."""
-        with listener, trio.move_on_after(self.server.limits.connect_timeout):
-            conn, _ = await listener.accept()
+    def _release_listener(self, listener) -> None:
+        """Close ``listener`` if it is still the session's passive listener."""
+        if listener is not None and listener is self.passive_listener:
+            self.passive_listener = None
+            listener.close()  # at once: an accept() waiting on it gets ClosedResourceError
+            self.server.listeners -= 1
+
+    def close_passive(self) -> None:
+        """Close the passive listener and stop the data connection it may be
+        serving.  Synchronous, so the descriptor is gone before the next reply."""
+        if self.passive_scope is not None:
+            self.passive_scope.cancel()
+            self.passive_scope = None
+        self._release_listener(self.passive_listener)
+
+    async def _serve_token(self, listener, token: str, scope: trio.CancelScope) -> None:
+        """Accept one data connection before ``scope``'s deadline (connect_timeout
+        seconds) and send it the token.  Never raises: a data connection's
+        trouble is not the session's."""
+        with scope:
+            try:
+                conn, _ = await listener.accept()
+            except (OSError, trio.ClosedResourceError):
+                return  # closed by a newer PASV or the end of the session
+            finally:
+                self._release_listener(listener)  # one data connection per PASV
             with conn:
                 try:
                     await conn.send(f"ftpprobe-token {token}\r\n".encode())
