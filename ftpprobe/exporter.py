@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import tomllib
 import urllib.parse
@@ -307,7 +308,7 @@ class ExporterApp:
         try:
             self.in_flight.inc()
             remaining = max(0.5, deadline - (time.monotonic() - started))
-            site = Site(target.url, target, timeout=min(module.timeout, remaining), samples=module.samples,
+            site = Site(url.strip(), target, timeout=min(module.timeout, remaining), samples=module.samples,
                         probes=module.probes)
             try:
                 [result] = await check_sites([site], max_connections=module.sessions,
@@ -380,7 +381,11 @@ Examples:
 Modules (TOML, [module.NAME] tables): probes, samples, timeout, deadline,
 sessions, user, user_env, password_env, netrc.  A module "default" is built
 in.  Passwords come from the environment variable a module names, or from
-~/.netrc; a target URL holding a password is refused.""")
+~/.netrc; a target URL holding a password is refused.
+
+\b
+Exit codes: 0 stopped by SIGTERM or Ctrl-C, 3 cannot listen, a bad modules
+file or a usage error.""")
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True,
               help="HOST:PORT to serve on. It probes any target it is asked to: keep it off the internet.")
 @click.option("--modules", "modules_file", type=click.Path(dir_okay=False),
@@ -424,4 +429,5 @@ def exporter_command(listen, modules_file, max_concurrent, log_level):
             failed = failed.exceptions[0]
         if not isinstance(failed, OSError):
             raise
-        raise click.ClickException(f"cannot listen on {listen}: {failed.strerror or failed}") from None
+        click.echo(f"ftpprobe: error: cannot listen on {listen}: {failed.strerror or failed}", err=True)
+        sys.exit(3)
