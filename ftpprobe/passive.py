@@ -111,6 +111,10 @@ class PassiveMap:
     bound of the number of ports in the range, at ``confidence`` when that is
     set, else certain (the observed span); :attr:`width` is the upper one.
 
+    ``allocation``: ``random`` / ``sequential`` / ``fixed`` / ``unknown``,
+    judged within each of the ``sessions`` control sessions
+    (:func:`classify_allocation`).
+
     ``outside``: sampled ports that lie apart from the main range (not used
     for the bounds); ``outside_decidable``: whether a port apart from the
     range could have been recognized in this sample at all (see
