@@ -164,7 +164,7 @@ def catalog_dir() -> Path:
 def load_catalog(directory: Path | None = None, vantage: str | None = None) -> list[Probe]:
     """Every probe (of ``vantage``, if given), sorted by name.  Raises
     :class:`TargetError` for a bad file."""
-    from .inference import RULES  # late: the rules module needs the catalog's types
+    from .rules import RULES  # late: the rules module needs the catalog's types
 
     directory = directory or catalog_dir()
     probes = []

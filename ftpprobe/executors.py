@@ -1,11 +1,16 @@
 """Executors: carry out one probe of the catalog against a server, record what happened.
 
 Each action (``command``, ``passive``, ``active``, ``bounce``, ``listing``,
-``auth-tls``, ``session-limit``, ``pasv-map``) is an async function
-``(ctx, probe) -> Observation``.  Executors observe; they never decide a
-quirk (that is :mod:`ftpprobe.inference`).  Each opens its own control
-session(s) through :meth:`ProbeContext.session`, which respects the server's
-session limit and backs off on 421.
+``auth-tls``, ``session-limit``, ``pasv-map``, ``reflect-active``,
+``reflect-passive``) is an async function ``(ctx, probe) -> Observation``
+returning the action's typed observation (:mod:`ftpprobe.observations`).
+Executors observe; they never decide a quirk (that is :mod:`ftpprobe.rules`).
+Each opens its own control session(s) through :meth:`ProbeContext.session`,
+which respects the server's session limit and backs off on 421.
+
+A session that fails before the probe's own command raises (an
+:class:`~ftpprobe.errors.FtpProbeError`); the runner turns that into a
+:class:`~ftpprobe.observations.Failed` with :func:`failure_kind`.
 """
 
 from __future__ import annotations
@@ -20,42 +25,44 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 from .catalog import Probe
-from .codec import Command, encode_eprt, encode_port, escape, parse_passive, replace_argument
+from .codec import Command, Reply, encode_eprt, encode_port, parse_passive, replace_argument
 from .data import MAX_DATA_BYTES, ActiveListener, connect_passive, passive_target, probe_passive_port, read_all
-from .errors import FtpProbeError, ProtocolError, ReplyTimeout
+from .errors import ConnectFailed, FtpProbeError, LoginFailed, PeerClosed, ProtocolError, ReplyTimeout
+from .observations import (ActiveObs, AuthTlsObs, BounceObs, CommandObs, DataOutcome, Exchange, Failed,
+                           FailureKind, ListingObs, Observation, PassiveMapObs, PassiveObs, ReflectActiveObs,
+                           Reflection, ReflectPassiveObs, RefusalKind, SessionLimitObs, Skipped, Transfer)
 from .passive import PassiveSample
 from .reflector import TAG as REFLECTOR_TAG
 from .reflector import parse_declared, parse_reflection
 from .target import Target
-from .transport import ControlSession, Exchange
+from .transport import ControlSession
 
 #: Back-off before retrying a session the server refused with 421, seconds.
 BACKOFF = (0.5, 1.0, 2.0)
 
 
-@dataclass
-class Observation:
-    """What one probe saw.
-
-    ``exchanges``: every command of the probe's own session(s) with its
-    outcome; ``data``: action-specific results (JSON-able); ``error``: set
-    when the probe could not run (connect or login failed), with the message.
-    """
-
-    probe: str
-    exchanges: list[Exchange] = field(default_factory=list)
-    data: dict = field(default_factory=dict)
-    error: str = ""
-    elapsed: float = 0.0
-
-    @property
-    def first(self) -> Exchange | None:
-        """The probe's own command (the first exchange after login)."""
-        return self.data.get("_probe_exchange")
-
-
 class SessionRefused(FtpProbeError):
     """The server refused a session with 421 after every back-off."""
+
+
+def failure_kind(exc: FtpProbeError) -> FailureKind:
+    """How a session failed, for :class:`~ftpprobe.observations.Failed`:
+    ``connect`` (:class:`ConnectFailed`), ``login`` (:class:`LoginFailed`),
+    ``refused`` (:class:`SessionRefused`: 421 after every back-off),
+    ``timeout`` (:class:`ReplyTimeout`), ``reset`` (:class:`PeerClosed`, a
+    close or a reset), otherwise ``protocol``."""
+    kinds: tuple[tuple[type[FtpProbeError], FailureKind], ...] = (
+        (ConnectFailed, "connect"), (LoginFailed, "login"), (SessionRefused, "refused"),
+        (ReplyTimeout, "timeout"), (PeerClosed, "reset"), (ProtocolError, "protocol"))
+    for cls, kind in kinds:
+        if isinstance(exc, cls):
+            return kind
+    return "protocol"
+
+
+def failed(probe: str, exc: FtpProbeError) -> Failed:
+    """The observation of a probe whose session failed before its own command."""
+    return Failed(probe, error=str(exc), kind=failure_kind(exc))
 
 
 @dataclass
@@ -66,7 +73,10 @@ class ProbeContext:
     replies to collect in ``pasv-map``; ``limiter``: caps concurrent control
     sessions (its ``total_tokens`` shrinks when the server answers 421);
     ``trust_pasv_address``: connect data channels to the advertised address
-    instead of the control peer's.
+    instead of the control peer's; ``password_sent_in_clear``: a session of
+    this run has written PASS (never over TLS: ftpprobe speaks none);
+    ``pasv_samples``: the ``pasv-map`` samples so far (appended to as they
+    arrive, so a run cut short by its deadline still knows them).
     """
 
     target: Target
@@ -81,6 +91,8 @@ class ProbeContext:
     #: and whether to insist that the peer greets as an ftpprobe reflector.
     other_port: int | None = None
     expect_reflector: bool = False
+    password_sent_in_clear: bool = False
+    pasv_samples: list[PassiveSample] = field(default_factory=list)
 
     #: The preflight's logged-in session, handed to the first probe that wants
     #: one (it holds a limiter slot until closed, so it counts against
@@ -164,7 +176,7 @@ class ProbeContext:
                 if greeting.code != 220:
                     raise ProtocolError(f"unexpected greeting {greeting.display(120)}")
                 if login:
-                    await s.login(self.target.user, self.target.password)
+                    await self.login(s)
                 return s
             except ReplyTimeout:
                 await s.aclose()
@@ -175,6 +187,15 @@ class ProbeContext:
                 await s.aclose()
                 raise
         raise AssertionError("unreachable")
+
+    async def login(self, s: ControlSession) -> Reply:
+        """Log ``s`` in as the target's user, noting whether PASS went out in
+        clear (even when the login then fails).  Raises what
+        :meth:`ControlSession.login` raises."""
+        try:
+            return await s.login(self.target.user, self.target.password)
+        finally:
+            self.password_sent_in_clear |= s.password_sent
 
 
 Action = Callable[[ProbeContext, Probe], Awaitable[Observation]]
@@ -188,14 +209,20 @@ def action(name: str) -> Callable[[Action], Action]:
     return register
 
 
-def _evidence_exchanges(session: ControlSession, skip_login: bool = True) -> list[Exchange]:
-    return [ex for ex in session.history if not (skip_login and ex.sent.startswith(("USER ", "PASS ")))]
+def _evidence_exchanges(session: ControlSession) -> tuple[Exchange, ...]:
+    """The session's exchanges without the login (USER/PASS)."""
+    return tuple(ex for ex in session.history if not ex.sent.startswith((b"USER ", b"PASS ")))
 
 
 def _transient(ex: Exchange) -> bool:
     """A 4xx reply (RFC 959 §4.2: transient negative), e.g. pyftpdlib's
     "425 Too many connections" when its session limit counts data channels."""
     return ex.reply is not None and 400 <= ex.reply.code < 500
+
+
+def _accepted(ex: Exchange) -> bool:
+    """A 2xx reply (PORT/EPRT accepted, RFC 959 §4.2)."""
+    return ex.reply is not None and 200 <= ex.reply.code < 300
 
 
 async def _exchange_retrying(s: ControlSession, command: Command) -> Exchange:
@@ -208,50 +235,79 @@ async def _exchange_retrying(s: ControlSession, command: Command) -> Exchange:
     return await s.exchange(command)
 
 
+async def _stall_retry(ctx: ProbeContext, command: Command, cuts: tuple[int, ...], *, login: bool,
+                       port: int | None = None) -> tuple[Exchange | None, tuple[Exchange, ...]]:
+    """Send ``command`` (split at ``cuts``) once more in a new session, after
+    it got no reply: one lost packet is not a stall.
+
+    Returns the exchange and the session's exchanges; ``(None, ())`` when the
+    new session could not be opened (the retry then tells nothing).
+    """
+    try:
+        async with ctx.session(login=login, port=port) as s:
+            ex = await s.exchange(command, cuts=cuts)
+            return ex, _evidence_exchanges(s)
+    except FtpProbeError as exc:
+        ctx.progress(f"stall retry of {command.display()} not possible: {exc}")
+        return None, ()
+
+
 @action("command")
-async def run_command(ctx: ProbeContext, probe: Probe) -> Observation:
+async def run_command(ctx: ProbeContext, probe: Probe) -> CommandObs:
     """Send the probe's command variant in a fresh session and record the outcome.
 
     A transient 4xx reply is retried in a new session after :data:`BACKOFF`
     (the prober's own concurrent sessions may be what the server counted).
     After the variant, a canonical ``NOOP`` tells whether the session survived.
+    A variant that got no reply (timeout) is sent once more in a new session
+    (``retry``).  Raises :class:`FtpProbeError` when the first session fails
+    before the variant is sent.
     """
-    obs = Observation(probe.name)
     assert probe.command is not None
+    exchanges: tuple[Exchange, ...] = ()
     for pause in (*BACKOFF, None):
+        alive: bool | None = None
         async with ctx.session(login=probe.login) as s:
             ex = await s.exchange(probe.command, cuts=probe.cuts)
-            obs.data["_probe_exchange"] = ex
             if ex.outcome == "reply":
-                after = await s.exchange(Command("NOOP"))
-                obs.data["alive_after"] = after.outcome == "reply"
-            obs.exchanges = _evidence_exchanges(s)
+                alive = (await s.exchange(Command("NOOP"))).outcome == "reply"
+            exchanges += _evidence_exchanges(s)
         if not _transient(ex) or pause is None:
-            return obs
+            break
         await trio.sleep(pause)
-    return obs
+    retry = None
+    if ex.outcome == "timeout":
+        retry, more = await _stall_retry(ctx, probe.command, probe.cuts, login=probe.login)
+        exchanges += more
+    return CommandObs(probe.name, exchanges=exchanges, exchange=ex, alive_after=alive, retry=retry)
+
+
+def _advertised(address: ipaddress.IPv4Address | None, port: int) -> tuple[str | None, int]:
+    return (str(address) if address is not None else None, port)
 
 
 @action("passive")
-async def run_passive(ctx: ProbeContext, probe: Probe) -> Observation:
-    """PASV/EPSV variant, then a data connection to the port it names."""
-    obs = Observation(probe.name)
+async def run_passive(ctx: ProbeContext, probe: Probe) -> PassiveObs:
+    """PASV/EPSV variant, then a data connection to the port it names (to
+    the control peer's address unless ``trust_pasv_address``).  Raises
+    :class:`FtpProbeError` when the session fails before the variant is sent."""
+    assert probe.command is not None
+    advertised, data, parse_error = None, None, ""
     async with ctx.session(login=probe.login) as s:
-        assert probe.command is not None
         ex = await _exchange_retrying(s, probe.command)
-        obs.data["_probe_exchange"] = ex
         if ex.reply is not None and ex.reply.code in (227, 229):
             try:
                 address, port = parse_passive(ex.reply)
             except ProtocolError as exc:
-                obs.data["parse_error"] = str(exc)
+                parse_error = str(exc)
             else:
+                advertised = _advertised(address, port)
                 host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
                 result = await probe_passive_port(host, port, ctx.timeout)
-                obs.data.update(port=port, connected=result.connected, data_error=result.error,
-                                data_host=host)
-        obs.exchanges = _evidence_exchanges(s)
-    return obs
+                data = DataOutcome(host, port, result.connected, error=result.error)
+        exchanges = _evidence_exchanges(s)
+    return PassiveObs(probe.name, exchanges=exchanges, exchange=ex, advertised=advertised, data=data,
+                      parse_error=parse_error)
 
 
 def _active_argument(verb: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str | None:
@@ -260,73 +316,76 @@ def _active_argument(verb: str, address: ipaddress.IPv4Address | ipaddress.IPv6A
     return encode_eprt(address, port)
 
 
-async def _transfer_reply(s: ControlSession, listener: ActiveListener, timeout: float) -> tuple[Exchange, dict]:
-    """Send LIST and, at the same time, wait for the server's data connection.
+#: Bytes of a data connection kept in ``head`` for evidence.
+HEAD_BYTES = 200
 
-    Returns the LIST exchange and a dict: ``connected``, ``source`` (address,
-    port), ``bytes``, ``final`` (the reply after the transfer).
-    """
-    result: dict = {"connected": False}
+
+async def _transfer(s: ControlSession, listener: ActiveListener, timeout: float) -> Transfer:
+    """Send LIST and, at the same time, wait (``timeout`` seconds) for the
+    server's data connection to ``listener``; read it to the end (1 MiB at
+    most), then the final reply.  Never raises for the peer's behaviour."""
+    got: dict = {"connected": False, "error": "", "source": None, "bytes": 0, "truncated": False, "head": b""}
     accept_scope = trio.CancelScope()
 
     async def accept() -> None:
         with accept_scope:
             stream, info = await listener.accept(timeout)
-            result["connected"] = info.connected
+            got["connected"] = info.connected
             if stream is None:
-                result["accept_error"] = info.error
+                got["error"] = info.error
                 return
-            result["source"] = list(info.peer or ())
+            got["source"] = (info.peer[0], info.peer[1]) if info.peer else None
             async with stream:
                 data, total, truncated, _ = await read_all(stream, timeout)
-            result["bytes"], result["truncated"] = total, truncated
-            result["head"] = escape(data[:80])
+            got.update(bytes=total, truncated=truncated, head=data[:HEAD_BYTES])
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accept)
         list_ex = await s.exchange(Command("LIST"))
-        transferring = list_ex.reply is not None and 100 <= list_ex.reply.code < 200
-        if not transferring:
+        # Only a 1xx reply means the server took the transfer on (RFC 959 §5.4).
+        expected = list_ex.reply is not None and 100 <= list_ex.reply.code < 200
+        if not expected:
             accept_scope.cancel()  # refused (425/5xx) or no answer: no connection is coming
-    if transferring:
+    final = ""
+    if expected:
         try:
-            result["final"] = (await s.read_reply(timeout)).display(100)
+            final = (await s.read_reply(timeout)).display(100)
         except FtpProbeError as exc:
-            result["final"] = f"no final reply: {exc}"
-    return list_ex, result
+            final = f"no final reply: {exc}"
+    elif not got["connected"] and not got["error"]:
+        got["error"] = "LIST got no 1xx reply: no data connection awaited"
+    return Transfer(list_ex, expected, connected=got["connected"], source=got["source"], bytes=got["bytes"],
+                    truncated=got["truncated"], head=got["head"], final=final, error=got["error"])
 
 
 @action("active")
-async def run_active(ctx: ProbeContext, probe: Probe) -> Observation:
+async def run_active(ctx: ProbeContext, probe: Probe) -> ActiveObs | Skipped:
     """PORT/EPRT naming our own address and a real listener, then LIST.
 
     Records whether the data connection arrived and its source port
-    (RFC 959 §3.3: by default L-1, i.e. 20 for control port 21).
+    (RFC 959 §3.3: by default L-1, i.e. 20 for control port 21); no LIST
+    (``transfer`` None) when PORT/EPRT got no 2xx reply.  Skipped for PORT
+    over IPv6.  Raises :class:`FtpProbeError` when the session fails first.
     """
-    obs = Observation(probe.name)
     assert probe.command is not None
     async with ctx.session(login=probe.login) as s:
         local = s.local_address
         async with ActiveListener(str(local)) as listener:
             argument = _active_argument(probe.command.verb, local, listener.port)
             if argument is None:
-                obs.data["skipped"] = f"{probe.command.verb} cannot name the IPv6 address {local}"
-                return obs
-            cmd = replace_argument(probe.command, argument)
-            ex = await s.exchange(cmd)
-            obs.data["_probe_exchange"] = ex
-            obs.data.update(listen=[str(local), listener.port], control_port=s.port)
-            if ex.reply is not None and ex.reply.code == 200:
-                _list_ex, result = await _transfer_reply(s, listener, ctx.timeout)
-                obs.data.update(result)
-        obs.exchanges = _evidence_exchanges(s)
-    return obs
+                return Skipped(probe.name, reason=f"{probe.command.verb} cannot name the IPv6 address {local}")
+            ex = await s.exchange(replace_argument(probe.command, argument))
+            transfer = await _transfer(s, listener, ctx.timeout) if _accepted(ex) else None
+            listen = (str(local), listener.port)
+        exchanges = _evidence_exchanges(s)
+    return ActiveObs(probe.name, exchanges=exchanges, exchange=ex, listen=listen, control_port=s.port,
+                     transfer=transfer)
 
 
 @action("bounce")
-async def run_bounce(ctx: ProbeContext, probe: Probe) -> Observation:
-    """PORT naming a third-party address; never followed by a transfer command."""
-    obs = Observation(probe.name)
+async def run_bounce(ctx: ProbeContext, probe: Probe) -> BounceObs:
+    """PORT naming a third-party address; never followed by a transfer command.
+    Raises :class:`FtpProbeError` when the session fails first."""
     assert probe.command is not None
     async with ctx.session(login=probe.login) as s:
         local = s.local_address
@@ -336,133 +395,160 @@ async def run_bounce(ctx: ProbeContext, probe: Probe) -> Observation:
         cmd = replace_argument(Command(verb, line_ending=probe.command.line_ending),
                                _active_argument(verb, ipaddress.ip_address(foreign), port))
         ex = await s.exchange(cmd)
-        obs.data["_probe_exchange"] = ex
-        obs.data["foreign"] = [foreign, port]
-        obs.exchanges = _evidence_exchanges(s)
-    return obs
+        exchanges = _evidence_exchanges(s)
+    return BounceObs(probe.name, exchanges=exchanges, exchange=ex, foreign=(foreign, port))
 
 
 _UNIX_LIST = r"^[-dlcbpsD?][-rwxsStTlL?]{9}[+.@]?\s"
 _DOS_LIST = r"^\d{2}-\d{2}-\d{2,4}\s+\d{1,2}:\d{2}\s*([AaPp][Mm])?\s+(<DIR>|\d+)\s"
+#: Bytes kept of each unparseable listing line.
+UNPARSEABLE_BYTES = 100
 
 
 @action("listing")
-async def run_listing(ctx: ProbeContext, probe: Probe) -> Observation:
-    """FEAT, then LIST over a passive data connection (1 MiB read at most)."""
-    obs = Observation(probe.name)
+async def run_listing(ctx: ProbeContext, probe: Probe) -> ListingObs:
+    """FEAT, then LIST over a passive data connection (1 MiB read at most,
+    ``ctx.timeout`` seconds).  ``no_passive`` says why no data connection was
+    made.  Raises :class:`FtpProbeError` when the session fails first."""
     async with ctx.session(login=probe.login) as s:
         feat = await s.exchange(Command("FEAT"))
         features = feat.reply.text.upper() if feat.reply and feat.reply.code == 211 else ""
-        obs.data["mlsd"] = "MLSD" in features or "MLST" in features
+        mlsd = "MLSD" in features or "MLST" in features
         pasv = await _exchange_retrying(s, Command("EPSV" if s.peer_address.version == 6 else "PASV"))
+        no_passive = ""
         if pasv.reply is None or pasv.reply.code not in (227, 229):
-            obs.data["no_passive"] = pasv.describe()
-            obs.exchanges = _evidence_exchanges(s)
-            return obs
-        try:
-            address, port = parse_passive(pasv.reply)
-        except ProtocolError as exc:
-            obs.data["no_passive"] = str(exc)
-            obs.exchanges = _evidence_exchanges(s)
-            return obs
+            no_passive = pasv.describe()
+        else:
+            try:
+                address, port = parse_passive(pasv.reply)
+            except ProtocolError as exc:
+                no_passive = str(exc)
+        if no_passive:
+            return ListingObs(probe.name, exchanges=_evidence_exchanges(s), mlsd=mlsd, no_passive=no_passive)
         host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
         stream, result = await connect_passive(host, port, ctx.timeout)
         if stream is None:
-            obs.data["no_passive"] = result.error
-            obs.exchanges = _evidence_exchanges(s)
-            return obs
+            return ListingObs(probe.name, exchanges=_evidence_exchanges(s), mlsd=mlsd,
+                              no_passive=result.error or "no data connection")
+        data, total, truncated, timed_out = b"", 0, False, False
         async with stream:
             ex = await s.exchange(Command("LIST"))
-            if ex.reply is not None and 100 <= ex.reply.code < 200:
+            transferring = ex.reply is not None and 100 <= ex.reply.code < 200
+            if transferring:
                 data, total, truncated, timed_out = await read_all(stream, ctx.timeout, MAX_DATA_BYTES)
-                obs.data.update(bytes=total, truncated=truncated, data_timed_out=timed_out)
-            else:
-                data = b""
-                obs.data["list_failed"] = ex.describe()
-        if ex.reply is not None and 100 <= ex.reply.code < 200:
+        if transferring:
             try:
                 await s.read_reply()
             except FtpProbeError:
                 pass
-        lines = [l for l in data.decode("latin-1").splitlines() if l.strip() and not l.startswith("total ")]
-        odd = [l for l in lines if not (re.match(_UNIX_LIST, l) or re.match(_DOS_LIST, l))]
-        obs.data.update(lines=len(lines), unparseable=[escape(l.encode("latin-1"))[:100] for l in odd[:3]],
-                        unparseable_count=len(odd),
-                        style="unix" if lines and any(re.match(_UNIX_LIST, l) for l in lines) else
-                              "dos" if lines and any(re.match(_DOS_LIST, l) for l in lines) else "none")
-        obs.exchanges = _evidence_exchanges(s)
-    return obs
+        exchanges = _evidence_exchanges(s)
+    lines = [l for l in data.decode("latin-1").splitlines() if l.strip() and not l.startswith("total ")]
+    odd = [l for l in lines if not (re.match(_UNIX_LIST, l) or re.match(_DOS_LIST, l))]
+    style = ("unix" if lines and any(re.match(_UNIX_LIST, l) for l in lines) else
+             "dos" if lines and any(re.match(_DOS_LIST, l) for l in lines) else "none")
+    return ListingObs(probe.name, exchanges=exchanges, mlsd=mlsd, list_exchange=ex, lines=len(lines), bytes=total,
+                      truncated=truncated, timed_out=timed_out, style=style,
+                      unparseable=tuple(l.encode("latin-1")[:UNPARSEABLE_BYTES] for l in odd[:3]),
+                      unparseable_count=len(odd))
 
 
 @action("auth-tls")
-async def run_auth_tls(ctx: ProbeContext, probe: Probe) -> Observation:
-    """FEAT and AUTH TLS before login; the session is closed without a handshake."""
-    obs = Observation(probe.name)
+async def run_auth_tls(ctx: ProbeContext, probe: Probe) -> AuthTlsObs:
+    """FEAT and AUTH TLS before login; the session is closed without a handshake.
+
+    ``password_sent_in_clear`` is what this run did: the preflight logs in
+    before any probe runs, so a PASS it sent is known here.  Raises
+    :class:`FtpProbeError` when the session fails first.
+    """
     assert probe.command is not None
     async with ctx.session(login=False) as s:
         feat = await s.exchange(Command("FEAT"))
-        obs.data["feat_auth_tls"] = bool(feat.reply and feat.reply.code == 211 and "AUTH TLS" in feat.reply.text.upper())
+        feat_auth_tls = bool(feat.reply and feat.reply.code == 211 and "AUTH TLS" in feat.reply.text.upper())
         ex = await s.exchange(probe.command)
-        obs.data["_probe_exchange"] = ex
-        obs.exchanges = _evidence_exchanges(s)
-    obs.data["user"] = ctx.target.user
-    obs.data["anonymous"] = ctx.target.anonymous
-    return obs
+        exchanges = _evidence_exchanges(s)
+    return AuthTlsObs(probe.name, exchanges=exchanges, feat_auth_tls=feat_auth_tls, exchange=ex,
+                      user=ctx.target.user, anonymous=ctx.target.anonymous,
+                      password_sent_in_clear=ctx.password_sent_in_clear)
+
+
+#: A refusal that says in words that a session limit was reached.
+TOO_MANY = re.compile(r"too many|maximum|max.*(users|clients|connections)|user \d+ of \d+", re.IGNORECASE)
+
+
+def refusal_kind(reply: Reply) -> RefusalKind:
+    """Classify a reply that refused a session: ``421`` (RFC 959 §5.4:
+    service not available), ``too-many`` (a non-2xx reply whose text says a
+    limit was reached, e.g. vsftpd's "530 Too many users"), else ``other-reply``."""
+    if reply.code == 421:
+        return "421"
+    if not 200 <= reply.code < 300 and TOO_MANY.search(reply.text):
+        return "too-many"
+    return "other-reply"
+
+
+def _error_refusal(s: ControlSession | None, exc: FtpProbeError) -> RefusalKind:
+    """Classify a session that failed with ``exc`` (after ``s`` was opened, if given)."""
+    if isinstance(exc, ConnectFailed):
+        return "connect"
+    if isinstance(exc, ReplyTimeout):
+        return "timeout"
+    if isinstance(exc, PeerClosed):
+        return "reset" if exc.reset else "closed"
+    last = s.history[-1].reply if s is not None and s.history else None
+    if isinstance(exc, LoginFailed) and last is not None:
+        return refusal_kind(last)  # the USER/PASS reply that refused
+    return "other-reply"
 
 
 @action("session-limit")
-async def run_session_limit(ctx: ProbeContext, probe: Probe) -> Observation:
+async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
     """Hold up to ``max_sessions`` logged-in sessions at once; stop at the first refusal.
 
     Runs alone (``exclusive``), so the count is this prober's only.  Bypasses
-    the limiter on purpose: finding the limit is the point.
+    the limiter on purpose (finding the limit is the point), but never has
+    more than ``ctx.max_sessions`` sessions open at the server, the ones this
+    run already holds (the preflight's spare) included.  Never raises for the
+    server's behaviour: a refusal is recorded and classified.
     """
-    obs = Observation(probe.name)
-    # Never more than --max-sessions at the server at once: sessions this run
-    # already holds (the preflight's spare) count.
     held = int(ctx.limiter.borrowed_tokens)
     wanted = min(int(probe.params.get("max_sessions", 8)), ctx.max_sessions)
     sessions: list[ControlSession] = []
-    obs.data["held"] = held
+    accepted, refusal, refusal_text = held, None, ""
     try:
         for i in range(held, wanted):
+            s: ControlSession | None = None
             try:
                 s = await ControlSession.open(ctx.target.host, ctx.target.port, ctx.timeout)
-            except FtpProbeError as exc:
-                obs.data["refused"] = f"session {i + 1}: {exc}"
-                break
-            sessions.append(s)
-            try:
+                sessions.append(s)
                 greeting = await s.greet()
                 if greeting.code != 220:
-                    obs.data["refused"] = f"session {i + 1}: {greeting.display(120)}"
+                    refusal, refusal_text = refusal_kind(greeting), f"session {i + 1}: {greeting.display(120)}"
                     break
                 if probe.login:
-                    await s.login(ctx.target.user, ctx.target.password)
+                    await ctx.login(s)
             except FtpProbeError as exc:
-                obs.data["refused"] = f"session {i + 1}: {exc}"
+                refusal, refusal_text = _error_refusal(s, exc), f"session {i + 1}: {exc}"
                 break
-            obs.data["accepted"] = i + 1
+            accepted = i + 1
     finally:
-        obs.data.setdefault("accepted", held)
-        obs.data["tried"] = wanted
-        banner = sessions[0].greeting.text if sessions and sessions[0].greeting else ""
-        obs.data["banner"] = banner[:200]
         for s in sessions:
             await s.aclose()
-    return obs
+    return SessionLimitObs(probe.name, tried=wanted, held=held, accepted=accepted, refusal=refusal,
+                           refusal_text=refusal_text)
 
 
 @action("pasv-map")
-async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
+async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     """Collect ``ctx.samples`` passive replies over several concurrent sessions.
 
     Every advertised port is tried with a real data connection (to the control
     peer's address unless ``trust_pasv_address``).  Sessions alternate PASV
-    and EPSV; a session whose EPSV is refused keeps to PASV.
+    and EPSV; a session whose EPSV is refused keeps to PASV.  Samples are also
+    appended to ``ctx.pasv_samples`` as they arrive.  Never raises for the
+    server's behaviour: a session that fails adds to ``errors``.
     """
-    obs = Observation(probe.name)
-    samples: list[PassiveSample] = []
+    samples = ctx.pasv_samples
+    samples.clear()  # this probe's samples only
     errors: list[str] = []
     order = itertools.count()
     remaining = [ctx.samples]
@@ -512,93 +598,107 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> Observation:
     async with trio.open_nursery() as nursery:
         for i in range(workers):
             nursery.start_soon(worker, i)
-    obs.data["samples"] = samples
-    obs.data["errors"] = errors
-    obs.data["sessions"] = workers
-    return obs
+    return PassiveMapObs(probe.name, samples=tuple(samples), errors=tuple(errors), sessions=workers,
+                         wanted=ctx.samples)
 
 
 # -- the reflector vantage: what does the path (NAT, ALG) do to FTP? ---------
 
 
-def _control_port(ctx: ProbeContext, probe: Probe, obs: Observation) -> int | None:
-    """The reflector port this probe talks to; None (and ``skipped`` noted) if
-    it wants the second port and none was given."""
+def _control_port(ctx: ProbeContext, probe: Probe) -> int | None:
+    """The reflector port this probe talks to; None if it wants the second
+    port and none was given."""
     if probe.params.get("control") != "other":
         return ctx.target.port
-    if ctx.other_port is None:
-        obs.data["skipped"] = "no second control port given"
     return ctx.other_port
 
 
-def _reflection_data(obs: Observation, ex: Exchange, sent: bytes) -> None:
-    obs.data["sent"] = sent.hex()
-    if ex.reply is not None:
-        seen = parse_reflection(ex.reply.text)
-        if seen:
-            obs.data["arrived"] = seen["raw"].hex()
-            obs.data["peer_seen"] = list(seen["peer"])
-            obs.data["reads"] = seen["reads"]
+def _reflection(ex: Exchange) -> Reflection | None:
+    """What the reflector reported receiving, from its reply; None without one."""
+    seen = parse_reflection(ex.reply.text) if ex.reply is not None else None
+    if not seen:
+        return None
+    return Reflection(arrived=seen["raw"], peer_seen=(seen["peer"][0], int(seen["peer"][1])),
+                      reads=tuple(seen["reads"]))
 
 
 @action("reflect-active")
-async def run_reflect_active(ctx: ProbeContext, probe: Probe) -> Observation:
+async def run_reflect_active(ctx: ProbeContext, probe: Probe) -> ReflectActiveObs | Skipped:
     """PORT/EPRT variant to the reflector, naming our own address (or a foreign
     one) and a real listener; then LIST, so the reflector connects back to the
-    control peer's address on the port as it arrived."""
-    obs = Observation(probe.name)
+    control peer's address on the port as it arrived.
+
+    A line that got no reply is sent once more, byte for byte, in a new
+    session (``retry``).  Skipped without the second control port, or for
+    PORT naming an IPv6 address.  Raises :class:`FtpProbeError` when the
+    session fails before the line is sent.
+    """
     assert probe.command is not None
-    if (port := _control_port(ctx, probe, obs)) is None:
-        return obs
-    async with ctx.session(login=not probe.params.get("first_line", False), port=port) as s:
+    if (port := _control_port(ctx, probe)) is None:
+        return Skipped(probe.name, reason="no second control port given")
+    login = not probe.params.get("first_line", False)
+    async with ctx.session(login=login, port=port) as s:
         local = s.local_address
-        obs.data.update(local=[str(local), s.local_port], control_port=port)
+        local_end = (str(local), s.local_port)
         async with ActiveListener(str(local)) as listener:
             named = ipaddress.ip_address(probe.params["foreign"]) if "foreign" in probe.params else local
             argument = _active_argument(probe.command.verb, named, listener.port)
             if argument is None:
-                obs.data["skipped"] = f"{probe.command.verb} cannot name {named}"
-                return obs
+                return Skipped(probe.name, reason=f"{probe.command.verb} cannot name {named}")
             cmd = replace_argument(probe.command, argument)
             ex = await s.exchange(cmd, cuts=probe.cuts)
-            obs.data["_probe_exchange"] = ex
-            _reflection_data(obs, ex, cmd.encode())
-            if ex.reply is not None and ex.reply.code == 200 and "foreign" not in probe.params:
-                _list_ex, result = await _transfer_reply(s, listener, ctx.timeout)
-                obs.data["active"] = result
-        obs.exchanges = _evidence_exchanges(s)
-    return obs
+            transfer = None
+            if _accepted(ex) and "foreign" not in probe.params:
+                transfer = await _transfer(s, listener, ctx.timeout)
+            named_end = (str(named), listener.port)
+        exchanges = _evidence_exchanges(s)
+    retry = None
+    if ex.outcome == "timeout":
+        retry, more = await _stall_retry(ctx, cmd, probe.cuts, login=login, port=port)
+        exchanges += more
+    return ReflectActiveObs(probe.name, exchanges=exchanges, exchange=ex, retry=retry, sent=cmd.encode(),
+                            reflection=_reflection(ex), local=local_end, control_port=port, named=named_end,
+                            transfer=transfer)
 
 
 @action("reflect-passive")
-async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> Observation:
+async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> ReflectPassiveObs | Skipped:
     """PASV/EPSV variant to the reflector: did the command arrive intact, was
     the 227/229 reply rewritten (against what the reflector declared), and
-    does a data connection to the advertised port reach it?"""
-    obs = Observation(probe.name)
+    does a data connection to the advertised port reach it?
+
+    A line that got no reply is sent once more in a new session (``retry``).
+    Skipped without the second control port.  Raises :class:`FtpProbeError`
+    when the session fails before the line is sent.
+    """
     assert probe.command is not None
-    if (port := _control_port(ctx, probe, obs)) is None:
-        return obs
+    if (port := _control_port(ctx, probe)) is None:
+        return Skipped(probe.name, reason="no second control port given")
+    declared = advertised = data = None
+    parse_error = ""
     async with ctx.session(login=True, port=port) as s:
-        obs.data.update(local=[str(s.local_address), s.local_port], control_port=port)
+        local_end = (str(s.local_address), s.local_port)
         ex = await s.exchange(probe.command, cuts=probe.cuts)
-        obs.data["_probe_exchange"] = ex
-        _reflection_data(obs, ex, probe.command.encode())
         if ex.reply is not None and ex.reply.code in (227, 229):
             declared = parse_declared(ex.reply.text)
             try:
                 address, data_port = parse_passive(ex.reply)
             except ProtocolError as exc:
-                obs.data["parse_error"] = str(exc)
+                parse_error = str(exc)
             else:
-                obs.data["advertised"] = [str(address) if address else None, data_port]
-                obs.data["declared"] = list(declared) if declared else None
+                advertised = _advertised(address, data_port)
                 host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
                 stream, result = await connect_passive(host, data_port, ctx.timeout)
-                obs.data["data_connected"] = result.connected
+                head = b""
                 if stream is not None:
                     async with stream:
-                        data, *_ = await read_all(stream, ctx.timeout, 200)
-                    obs.data["data_head"] = escape(data[:80])
-        obs.exchanges = _evidence_exchanges(s)
-    return obs
+                        head, *_ = await read_all(stream, ctx.timeout, HEAD_BYTES)
+                data = DataOutcome(host, data_port, result.connected, error=result.error, head=head)
+        exchanges = _evidence_exchanges(s)
+    retry = None
+    if ex.outcome == "timeout":
+        retry, more = await _stall_retry(ctx, probe.command, probe.cuts, login=True, port=port)
+        exchanges += more
+    return ReflectPassiveObs(probe.name, exchanges=exchanges, exchange=ex, retry=retry, sent=probe.command.encode(),
+                             reflection=_reflection(ex), local=local_end, control_port=port, declared=declared,
+                             advertised=advertised, data=data, parse_error=parse_error)

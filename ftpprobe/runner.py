@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 import trio
 
 from .catalog import Probe, load_catalog
 from .errors import FtpProbeError
-from .executors import ACTIONS, Observation, ProbeContext
+from .executors import ACTIONS, ProbeContext, failed
 from .findings import Finding, exit_code
-from .inference import fingerprint_rows, infer, passive_map
+from .observations import Failed, Observation, PassiveMapObs, SessionLimitObs
+from .passive import PassiveMap, analyze
+from .rules import RunFacts, infer
+from .rules.path import fingerprint_rows
 from .target import Target
 
 
@@ -32,7 +36,8 @@ class ProbeReport:
     (empty if not run); ``greeting``: the server's 220 text; ``peer``: control
     peer address; ``error``: set when the run itself failed (exit code 3);
     ``refusals``: 421 greetings the server gave our sessions (each retried
-    after a pause with one session fewer).
+    after a pause with one session fewer); ``observations``: what each probe
+    saw, by probe name (:mod:`ftpprobe.observations`; not in :meth:`to_dict`).
     """
 
     target: str
@@ -68,13 +73,16 @@ class ProbeReport:
 
 
 async def _observe(ctx: ProbeContext, probe: Probe) -> Observation:
+    """Run ``probe``'s action; a session that failed before the probe's own
+    command gives a :class:`Failed` (never raises :class:`FtpProbeError`)."""
     started = time.monotonic()
     try:
         obs = await ACTIONS[probe.action](ctx, probe)
     except FtpProbeError as exc:
-        obs = Observation(probe.name, error=str(exc))
-    obs.elapsed = round(time.monotonic() - started, 3)
-    ctx.progress(f"{probe.name}: done in {obs.elapsed:g} s" + (f" ({obs.error})" if obs.error else ""))
+        obs = failed(probe.name, exc)
+    obs = replace(obs, elapsed=round(time.monotonic() - started, 3))
+    ctx.progress(f"{probe.name}: done in {obs.elapsed:g} s"
+                 + (f" ({obs.error})" if isinstance(obs, Failed) else ""))
     return obs
 
 
@@ -84,11 +92,23 @@ async def _observe_into(ctx: ProbeContext, probe: Probe, into: dict[str, Observa
 
 def _lower_limit(ctx: ProbeContext, obs: Observation) -> None:
     """After the session-limit probe: run the other probes within what the
-    server allowed, leaving one slot free for real users when the limit is low."""
-    accepted = obs.data.get("accepted")
-    if obs.probe == "session-limit" and "refused" in obs.data and accepted:
-        allowed = accepted - 1 if accepted > 2 else accepted
+    server allowed, leaving one slot free for real users when the limit is low.
+
+    Only a refusal that shows a limit (``421`` or ``too-many``) lowers it: a
+    timeout or reset may be the path, not the server's count.
+    """
+    if isinstance(obs, SessionLimitObs) and obs.refusal in ("421", "too-many") and obs.accepted:
+        allowed = obs.accepted - 1 if obs.accepted > 2 else obs.accepted
         ctx.limiter.total_tokens = max(1, min(ctx.limiter.total_tokens, allowed))
+
+
+def passive_map(observations: Mapping[str, Observation]) -> PassiveMap | None:
+    """The analysed passive map of the run's ``pasv-map`` observation, or
+    ``None`` when none ran (or it failed)."""
+    for obs in observations.values():
+        if isinstance(obs, PassiveMapObs):
+            return analyze(list(obs.samples), errors=len(obs.errors))
+    return None
 
 
 async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
@@ -147,10 +167,15 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     if scope.cancelled_caught:
         # A run cut short is a failed run (exit 3), never "no problem found".
         unfinished = [p.name for p in probes if p.name not in observations]
+        actions = {p.name: p.action for p in probes}
         report.error = (f"run deadline of {deadline:g} s passed during the {phase}"
                         + (f"; unfinished: {', '.join(unfinished)}" if unfinished and report.peer else ""))
         for name in unfinished:
-            observations[name] = Observation(name, error=f"run deadline of {deadline:g} s passed")
+            error = f"run deadline of {deadline:g} s passed"
+            if actions[name] == "pasv-map" and ctx.pasv_samples:
+                # Not analysed (a cut-short map must not pass for the range), but said.
+                error += f" after {len(ctx.pasv_samples)} of {ctx.samples} passive samples"
+            observations[name] = Failed(name, error=error, kind="deadline")
         if not report.peer:
             report.duration_s = round(time.monotonic() - started, 3)
             return report
@@ -159,7 +184,7 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     decided = [q for p in probes for q in p.decides]
     pmap = passive_map(observations)
     report.findings = infer(observations, list(dict.fromkeys(decided)),
-                            {"peer": report.peer, "from_lan": from_lan, "passive_map": pmap})
+                            RunFacts(peer=report.peer, from_lan=from_lan, passive_map=pmap))
     report.passive = pmap.to_dict() if pmap else {}
     if vantage == "reflector":
         report.fingerprint = fingerprint_rows(observations)

@@ -16,12 +16,13 @@ import socket
 import struct
 import termios
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 
 import trio
 
-from .codec import NEED_DATA, Command, Reply, ReplyReader, escape
+from .codec import NEED_DATA, Command, Reply, ReplyReader, escape, replace_argument
 from .errors import ConnectFailed, LoginFailed, PeerClosed, ProtocolError, ReplyTimeout
+from .observations import Exchange, TcpInfo
 
 #: Pause between the TCP segments of a split command, seconds.  Long enough
 #: that Nagle-free writes leave as separate segments even on loopback.
@@ -108,45 +109,15 @@ async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control
     return stream
 
 
-@dataclass
-class Exchange:
-    """One line sent and what came back, for evidence.
-
-    ``sent`` is the escaped wire form (password masked); ``segments`` the
-    number of TCP writes; ``reply`` the reply or ``None``; ``outcome`` one of
-    ``"reply"``, ``"timeout"``, ``"closed"``, ``"reset"``, ``"malformed"``;
-    ``elapsed`` seconds from the first byte sent to the outcome.
-    """
-
-    sent: str
-    segments: int
-    outcome: str
-    reply: Reply | None = None
-    elapsed: float = 0.0
-    tcp_info: dict = field(default_factory=dict)
-    error: str = ""
-
-    def describe(self) -> str:
-        """One evidence line; a timeout carries the TCP_INFO that tells a stall
-        (our bytes unacknowledged, outq > 0, retransmissions) from a silent peer."""
-        split = f" in {self.segments} segments" if self.segments > 1 else ""
-        if self.reply is not None:
-            return f"sent '{self.sent}'{split} -> '{self.reply.display(100)}'"
-        line = f"sent '{self.sent}'{split} -> {self.outcome}" + (f" ({self.error})" if self.error else "")
-        if self.outcome == "timeout" and self.tcp_info:
-            t = self.tcp_info
-            line += (f"; TCP_INFO: outq {t.get('outq', '?')} bytes, unacked {t.get('unacked', '?')} segments, "
-                     f"retransmitted {t.get('total_retrans', '?')}, last data received {t.get('last_data_recv', '?')} ms ago")
-        return line
-
-
 class ControlSession:
     """One FTP control connection (RFC 959 §3): greet, send commands, read replies.
 
     Use :meth:`connect` (an async context manager).  ``timeout`` (seconds)
     bounds every connect and every complete reply, so a peer that drips one
-    byte a second still times out.  ``history`` keeps an :class:`Exchange`
-    per command for evidence.
+    byte a second still times out.  ``history`` keeps an
+    :class:`ftpprobe.observations.Exchange` per command for evidence;
+    ``password_sent`` becomes True once a PASS line was written (in clear:
+    this module never speaks TLS).
     """
 
     def __init__(self, stream: trio.SocketStream, host: str, port: int, timeout: float) -> None:
@@ -157,6 +128,7 @@ class ControlSession:
         self.reader = ReplyReader()
         self.history: list[Exchange] = []
         self.greeting: Reply | None = None
+        self.password_sent = False
         self._eof = False
         self._peer = stream.socket.getpeername()
         self._local = stream.socket.getsockname()
@@ -283,24 +255,38 @@ class ControlSession:
 
     async def exchange(self, command: Command, *, cuts: tuple[int, ...] = (),
                        timeout: float | None = None) -> Exchange:
-        """Send ``command`` (split at ``cuts``) and read its reply, never raising
-        for the peer's behaviour: the outcome (reply, timeout with TCP_INFO,
-        closed, reset, malformed) is recorded in the returned :class:`Exchange`
-        and in :attr:`history`.
+        """Send ``command`` (split at ``cuts``) and read its reply within
+        ``timeout`` seconds (default: the session's), never raising for the
+        peer's behaviour: the outcome (reply, timeout with TCP_INFO, closed,
+        reset, malformed) is recorded in the returned
+        :class:`~ftpprobe.observations.Exchange` and in :attr:`history`.
+
+        ``Exchange.sent`` is the exact bytes written, except that a secret
+        argument (PASS) is replaced by ``****``.  Raises ``ValueError`` for a
+        cut outside the line.
         """
         chunks = command.segments(cuts) if cuts else [command.encode()]
-        ex = Exchange(sent=command.display(), segments=len(chunks), outcome="reply")
+        shown = replace_argument(command, "****").encode() if command.secret and command.argument is not None \
+            else command.encode()
+        reply: Reply | None = None
+        outcome, error, tcp_info = "reply", "", None
         started = time.monotonic()
         try:
-            await self.send_raw(chunks)
-            ex.reply = await self.read_reply(timeout)
+            try:
+                await self.send_raw(chunks)
+            finally:
+                # Counted even when the send failed half-way: some of it may have left.
+                if command.verb.upper() == "PASS":
+                    self.password_sent = True
+            reply = await self.read_reply(timeout)
         except ReplyTimeout as exc:
-            ex.outcome, ex.tcp_info, ex.error = "timeout", exc.tcp_info, str(exc)
+            outcome, error, tcp_info = "timeout", str(exc), TcpInfo.from_kernel(exc.tcp_info)
         except PeerClosed as exc:
-            ex.outcome, ex.error = ("reset" if exc.reset else "closed"), str(exc)
+            outcome, error = ("reset" if exc.reset else "closed"), str(exc)
         except ProtocolError as exc:
-            ex.outcome, ex.error = "malformed", str(exc)
-        ex.elapsed = round(time.monotonic() - started, 3)
+            outcome, error = "malformed", str(exc)
+        ex = Exchange(sent=shown, outcome=outcome, reply=reply, segments=len(chunks),  # type: ignore[arg-type]
+                      elapsed=round(time.monotonic() - started, 3), tcp_info=tcp_info, error=error)
         self.history.append(ex)
         return ex
 
@@ -309,11 +295,12 @@ class ControlSession:
         (:class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`)."""
         ex = await self.exchange(command, timeout=timeout)
         if ex.reply is None:
+            sent = escape(ex.sent)
             if ex.outcome == "timeout":
-                raise ReplyTimeout(f"{ex.sent}: {ex.error}", tcp_info=ex.tcp_info)
+                raise ReplyTimeout(f"{sent}: {ex.error}", tcp_info=asdict(ex.tcp_info) if ex.tcp_info else {})
             if ex.outcome == "malformed":
-                raise ProtocolError(f"{ex.sent}: {ex.error}")
-            raise PeerClosed(f"{ex.sent}: {ex.error}", reset=ex.outcome == "reset")
+                raise ProtocolError(f"{sent}: {ex.error}")
+            raise PeerClosed(f"{sent}: {ex.error}", reset=ex.outcome == "reset")
         return ex.reply
 
     async def login(self, user: str, password: str) -> Reply:

@@ -135,7 +135,7 @@ async def test_227_port_0_and_229_port_65536():
     assert f["server.pasv-range"].status == "inconclusive"
     assert "227 reply: port 0" in " ".join(f["server.pasv-range"].evidence)
     obs = report.observations["epsv"]
-    assert obs.data["parse_error"] == "229 reply: port 65536 out of range"
+    assert obs.parse_error == "229 reply: port 65536 out of range"
 
 
 async def test_reset_after_port_is_a_finding():
@@ -159,7 +159,7 @@ async def test_data_connection_that_never_sends_ends_within_the_deadline():
         report, f = await run_with_trap(server, ["list-format"])
         elapsed = time.monotonic() - started
     assert f["server.list-unparseable"].status == "inconclusive"
-    assert report.observations["list-format"].data["data_timed_out"] is True
+    assert report.observations["list-format"].timed_out is True
     assert elapsed < 4 * TIMEOUT  # read timeout plus the final-reply timeout, nothing more
 
 
@@ -167,7 +167,7 @@ async def test_list_of_1_gb_is_cut_at_1_mib():
     with HostileServer("list-1gb") as server:
         report, f = await run_with_trap(server, ["list-format"])
         sent = server.data_sent
-    data = report.observations["list-format"].data
-    assert data["truncated"] is True and data["bytes"] >= 1 << 20
+    listing = report.observations["list-format"]
+    assert listing.truncated is True and listing.bytes >= 1 << 20
     assert "(read stopped at 1 MiB)" in f["server.list-unparseable"].evidence[0]
     assert sent < 1 << 30  # the prober hung up long before a gigabyte

@@ -8,7 +8,7 @@ import trio
 
 
 from ftpprobe.catalog import load_catalog
-from ftpprobe.inference import RULES
+from ftpprobe.rules import RULES
 from ftpprobe.runner import run_probes
 from ftpprobe.target import Target
 
@@ -168,7 +168,7 @@ async def test_split_command_is_sent_in_two_segments_and_reassembled(pyftpd):
     server = pyftpd(passive_ports=(52500, 52509))
     probe = [p for p in load_catalog() if p.name == "pasv-split"]
     report = await run_probes(target_of(server), probes=probe, timeout=2, samples=0)
-    ex = report.observations["pasv-split"].first
+    ex = report.observations["pasv-split"].exchange
     assert ex.segments == 2 and ex.reply.code == 227
     assert ex.describe().startswith("sent 'PASV\\r\\n' in 2 segments -> '227 ")
 
