@@ -25,6 +25,7 @@ from .passive import PassiveMap, analyze
 from .rules import RunFacts, infer
 from .rules.path import fingerprint_rows
 from .target import Target
+from .verdict import Verdict, verdict
 
 
 @dataclass
@@ -37,7 +38,9 @@ class ProbeReport:
     peer address; ``error``: set when the run itself failed (exit code 3);
     ``refusals``: 421 greetings the server gave our sessions (each retried
     after a pause with one session fewer); ``observations``: what each probe
-    saw, by probe name (:mod:`ftpprobe.observations`; not in :meth:`to_dict`).
+    saw, by probe name (:mod:`ftpprobe.observations`; not in :meth:`to_dict`);
+    ``verdict``: can passive / active mode carry data from here
+    (:mod:`ftpprobe.verdict`), ``None`` when the run failed before any probe.
     """
 
     target: str
@@ -51,10 +54,17 @@ class ProbeReport:
     refusals: list[str] = field(default_factory=list)
     fingerprint: list[dict] = field(default_factory=list)
     observations: dict[str, Observation] = field(default_factory=dict, repr=False)
+    verdict: Verdict | None = None
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.error else exit_code(self.findings)
+        """3 the run failed; 2 neither mode can carry data, or a critical quirk;
+        1 a warning-level quirk; 0 nothing wrong found."""
+        if self.error:
+            return 3
+        if self.verdict is not None and self.verdict.no_data_path:
+            return 2
+        return exit_code(self.findings)
 
     def to_dict(self) -> dict:
         return {
@@ -66,6 +76,7 @@ class ProbeReport:
             "exit_code": self.exit_code,
             "error": self.error,
             "refusals": self.refusals,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
             "findings": [f.to_dict() for f in self.findings],
             "passive": self.passive,
             **({"fingerprint": self.fingerprint} if self.fingerprint else {}),
@@ -186,6 +197,7 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     report.findings = infer(observations, list(dict.fromkeys(decided)),
                             RunFacts(peer=report.peer, from_lan=from_lan, passive_map=pmap))
     report.passive = pmap.to_dict() if pmap else {}
+    report.verdict = verdict(report.findings, observations, vantage="reflector" if vantage == "reflector" else "server")
     if vantage == "reflector":
         report.fingerprint = fingerprint_rows(observations)
     report.duration_s = round(time.monotonic() - started, 3)
