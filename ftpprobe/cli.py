@@ -460,9 +460,9 @@ text and its router stalls on 'PASV \\n'.
 def demo(as_json, timeout):
     """Probe a real pyftpdlib server and fingerprint an emulated router, all on loopback.
 
-    The server has a deliberately small passive range (10 ports), a session
-    limit of 5 and a password account, so the report shows a range map and
-    real findings.  The router is an emulated middlebox with two of the seeds'
+    The server has a deliberately small passive range (10 ports), a limit of
+    4 concurrent sessions and a password account, so the report shows a range map and
+    real findings.  The router is an emulated middlebox with two known
     personalities (it stalls after 'PASV \\n' and rewrites PORT lines whole) in
     front of a real `ftpprobe reflect`.  No FTP server of yours is needed.
     """
@@ -477,8 +477,10 @@ def demo(as_json, timeout):
         target = Target(server.host, server.port, server.user, server.password, "demo")
         if not as_json:
             click.echo(f"demo: pyftpdlib on {server.host} port {server.port}, passive ports {low}-{low + 9}, "
-                       f"at most 5 sessions, user {server.user!r}\n", err=True)
-        report = trio.run(lambda: run_probes(target, timeout=timeout, samples=30,
+                       "max_cons 5 (it counts its own listening socket: 4 sessions), "
+                       f"user {server.user}\n", err=True)
+        # --max-sessions above the server's limit, so the session-limit probe finds it.
+        report = trio.run(lambda: run_probes(target, timeout=timeout, samples=30, max_sessions=6,
                                              progress=_progress(not as_json)))
     router = trio.run(lambda: emulated_router_fingerprint(personalities, timeout=timeout,
                                                           progress=_progress(not as_json)))

@@ -78,12 +78,13 @@ def _finding(out: _Text, f: Finding, verbose: bool) -> None:
 def render_text(report, *, verbose: bool = False, width: int | None = None, color: bool = False) -> str:
     """The report for a terminal: verdict, findings that matter, counts, passive map, fingerprint."""
     out = _Text(width or terminal_width(), color)
+    # The status line stays one line, whatever the width: scripts and mail subjects read it.
     if report.error:
-        out.add(f"UNKNOWN: {report.target} -- the probe could not finish: {report.error}", hang=2)
+        out.lines.append(f"UNKNOWN: {report.target} -- the probe could not finish: {report.error}")
         if not report.findings:
             return "\n".join(out.lines)
     else:
-        out.add(summary_line(report.findings, report.target, report.duration_s), hang=2)
+        out.lines.append(summary_line(report.findings, report.target, report.duration_s))
     verdict = getattr(report, "verdict", None)
     if verdict is not None:
         out.add()

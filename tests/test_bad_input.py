@@ -169,5 +169,5 @@ async def test_list_of_1_gb_is_cut_at_1_mib():
         sent = server.data_sent
     listing = report.observations["list-format"]
     assert listing.truncated is True and listing.bytes >= 1 << 20
-    assert "(read stopped at 1 MiB)" in f["server.list-unparseable"].evidence[0]
+    assert "(read stopped at 1 MiB)" in " ".join(f["server.list-unparseable"].evidence)
     assert sent < 1 << 30  # the prober hung up long before a gigabyte

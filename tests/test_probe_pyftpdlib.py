@@ -71,7 +71,7 @@ async def test_max_sessions_is_honoured_exactly(pyftpd):
     assert report.refusals == []
     f = {x.id: x for x in report.findings}
     assert f["server.connection-limit"].status == "absent"
-    assert f["server.connection-limit"].evidence[0].startswith("3 of 3 concurrent sessions accepted")
+    assert f["server.connection-limit"].evidence[0].startswith("3 of 3 concurrent sessions")
     assert 1 <= peak <= 3
 
 
@@ -158,7 +158,9 @@ def test_demo_runs_and_prints_a_report():
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("WARNING: ftp://demo@127.0.0.1")
-    assert "server.pasv-range" in done.stdout and "passive range map" in done.stdout
+    assert lines[2].startswith("Verdict") and "passive mode: works" in done.stdout
+    assert "server.pasv-range" in done.stdout and "Passive range map:" in done.stdout
+    assert max(len(line) for line in lines) <= 80  # fits an ordinary terminal
     router = done.stdout[done.stdout.index("router fingerprint through an emulated middlebox"):]
     assert "alg.stall.space-lf" in router and "PRESENT (warning)" in router
 
@@ -198,7 +200,7 @@ def test_wide_range_10000_65535_is_mapped_in_bounded_samples(pyftpd):
     f = findings_by_id(report)
     p = report["passive"]
     assert p["samples"] == 30 and p["uncertainty"] > 0
-    assert f"(±{p['uncertainty']})" in f["server.pasv-range"]["evidence"][0]
+    assert f"extended by {p['uncertainty']} port(s) each side" in f["server.pasv-range"]["evidence"][0]
     assert 10000 <= p["observed_min"] and p["observed_max"] <= 65535
     assert abs(p["estimate_low"] - 10000) <= 6 * p["uncertainty"] and abs(p["estimate_high"] - 65535) <= 6 * p["uncertainty"]
     assert f["server.pasv-range-wide"]["status"] == "present"

@@ -428,7 +428,7 @@ def pasv_mangle(seen: Seen) -> Finding:
     evidence += _not_usable(seen, PASV_MANGLE_READS)
     if altered:
         psw = any(o.reflection is not None and o.reflection.arrived.upper().startswith(b"P@SW") for o in altered)
-        advice = ("the router alters PASV" + (" to P@SW (the SMC Barricade bug, seed 003)" if psw else "")
+        advice = ("the router alters PASV" + (" to P@SW (the SMC Barricade bug)" if psw else "")
                   + ": update its firmware or disable its FTP ALG"
                   + ("; vsftpd and pure-ftpd accept P@SW as PASV as a workaround" if psw else ""))
         return Finding(quirk, "present", evidence, advice)
@@ -516,7 +516,7 @@ STALLS: dict[str, tuple[tuple[tuple[str, str], ...], str, str]] = {
                           "not ended by CRLF", "clients must end lines with CRLF (RFC 959 §4.1)"),
     "alg.stall.space-lf": ((("alg-pasv-space-lf", PASV_CANONICAL),),
                            "spelled 'PASV \\n' (a space, a bare LF)",
-                           "clients must send 'PASV\\r\\n' (seed 000's signage client does not)"),
+                           "clients must send 'PASV\\r\\n' (some signage and media players do not)"),
     "alg.stall.trailing-space": ((("alg-port-trailing-space", PORT_CANONICAL),),
                                  "with a trailing space before CRLF", "clients must not send a trailing space"),
     "alg.stall.split": ((("alg-port-split-verb", PORT_CANONICAL), ("alg-port-split-number", PORT_CANONICAL)),
