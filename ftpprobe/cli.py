@@ -488,7 +488,7 @@ def demo(as_json, timeout):
         click.echo(json.dumps({"server": report.to_dict(), "router": router.to_dict()}, indent=2, default=str))
     else:
         click.echo(render_text(report))
-        click.echo(f"\nrouter fingerprint through an emulated middlebox ({', '.join(personalities)}):\n")
+        click.echo(f"\nThrough an emulated router ({', '.join(personalities)}):\n")
         click.echo(render_text(router))
     sys.exit(max(report.exit_code, router.exit_code))
 

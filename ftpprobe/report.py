@@ -36,15 +36,14 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (_STATUS_ORDER[f.status], _SEVERITY_ORDER[f.severity or "info"], f.id))
 
 
-def summary_line(findings: list[Finding], target: str, duration_s: float) -> str:
-    """``WARNING: ftp://host/ -- 2 warning, 1 info present; 9 absent (3.1 s)``."""
+def summary_line(findings: list[Finding], target: str, duration_s: float, *, no_data_path: bool = False) -> str:
+    """``WARNING: ftp://host/ -- 2 warning, 1 info present (3.1 s)``: the status
+    (the exit code's name) and what is present; the rest is counted at the end."""
     present = Counter(f.severity for f in findings if f.status == "present")
-    others = Counter(f.status for f in findings if f.status != "present")
-    worst = "CRITICAL" if present["critical"] else "WARNING" if present["warning"] else "OK"
+    worst = ("CRITICAL" if present["critical"] or no_data_path else "WARNING" if present["warning"] else "OK")
     parts = [f"{n} {sev}" for sev in ("critical", "warning", "info") if (n := present[sev])]
-    rest = ", ".join(f"{n} {status}" for status in ("absent", "inconclusive", "skipped") if (n := others[status]))
     return (f"{worst}: {target} -- " + (", ".join(parts) + " present" if parts else "no quirk present")
-            + (f"; {rest}" if rest else "") + f" ({duration_s:.1f} s)")
+            + f" ({duration_s:.1f} s)")
 
 
 class _Text:
@@ -84,7 +83,9 @@ def render_text(report, *, verbose: bool = False, width: int | None = None, colo
         if not report.findings:
             return "\n".join(out.lines)
     else:
-        out.lines.append(summary_line(report.findings, report.target, report.duration_s))
+        out.lines.append(summary_line(report.findings, report.target, report.duration_s,
+                                      no_data_path=bool(getattr(report, "verdict", None)
+                                                        and report.verdict.no_data_path)))
     verdict = getattr(report, "verdict", None)
     if verdict is not None:
         out.add()
@@ -104,7 +105,8 @@ def render_text(report, *, verbose: bool = False, width: int | None = None, colo
         hidden = Counter(f.status for f in report.findings if f.status in ("absent", "skipped"))
         if hidden:
             out.add()
-            out.add(", ".join(f"{n} {s}" for s, n in sorted(hidden.items())) + " (-v shows them and all evidence)")
+            out.add(", ".join(f"{hidden[s]} {s}" for s in ("absent", "skipped") if hidden[s])
+                    + " (-v shows them, and all evidence)")
     if (passive := passive_table(report.passive, out.width)):
         out.add()
         out.lines.append("Passive range map:")
@@ -150,12 +152,17 @@ def fingerprint_table(rows: list[dict], width: int = 80, *, verbose: bool = Fals
     (or a wide terminal) adds the bytes sent and received."""
     wide = verbose or width >= 140
     headers = ["variant", "outcome", "detail"] + (["sent", "reflector received"] if wide else [])
-    detail_width = max(20, width - 40) if not wide else 40
+    # The control port is shown only where it differs from the run's usual one.
+    usual = Counter(r.get("port") for r in rows).most_common(1)[0][0] if rows else None
+    names = [r["probe"] + (f" (port {r['port']})" if r.get("port") not in (None, usual) else "") for r in rows]
+    fixed = max(map(len, names), default=7) + max((len(r["outcome"]) for r in rows), default=7) + 4
+    detail_width = max(20, width - fixed) if not wide else 40
     table = []
-    for r in rows:
+    for name, r in zip(names, rows):
         detail = r.get("detail") or r.get("error") or ""
-        row = [r["probe"] + (f" ({r['port']})" if r.get("port") not in (None, 21) else ""), r["outcome"],
-               _wrap(detail, detail_width)]
+        if not wide:
+            detail = detail.split("; ")[0]  # the first clause; -v shows the TCP_INFO and retry too
+        row = [name, r["outcome"], _wrap(detail, detail_width)]
         if wide:
             row += [_wrap(r.get("sent") or "", 30), _wrap(r.get("arrived") or "-", 30)]
         table.append(row)

@@ -161,7 +161,7 @@ def test_demo_runs_and_prints_a_report():
     assert lines[2].startswith("Verdict") and "passive mode: works" in done.stdout
     assert "server.pasv-range" in done.stdout and "Passive range map:" in done.stdout
     assert max(len(line) for line in lines) <= 80  # fits an ordinary terminal
-    router = done.stdout[done.stdout.index("router fingerprint through an emulated middlebox"):]
+    router = done.stdout[done.stdout.index("Through an emulated router"):]
     assert "alg.stall.space-lf" in router and "PRESENT (warning)" in router
 
 
