@@ -244,9 +244,9 @@ async def test_a_new_pasv_closes_the_previous_listener(nursery):
             await s.greet()
             _, first = parse_passive(await s.command(Command("PASV")))
             _, second = parse_passive(await s.command(Command("EPSV")))
-            assert reflector.listeners == 1
             with pytest.raises(OSError):
                 await trio.open_tcp_stream("127.0.0.1", first)
+            assert reflector.listeners == 1
             async with await trio.open_tcp_stream("127.0.0.1", second) as data:
                 assert (await data.receive_some(100)).startswith(b"ftpprobe-token ")
 
