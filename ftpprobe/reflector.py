@@ -303,22 +303,17 @@ class _Session:
             timeout = 0.5 if self.buffer else self.server.limits.idle
             with trio.move_on_after(timeout) as scope:
                 data = await self.stream.receive_some(4096)
+            if (scope.cancelled_caught or not data) and self.buffer:
+                # After a pause, or once the peer half-closed (it may still
+                # read the answer): the next call then ends the session.
+                line, reads = bytes(self.buffer), self.reads
+                self.buffer.clear()
+                self.reads = []
+                return line, reads
             if scope.cancelled_caught:
-                if self.buffer:
-                    line, reads = bytes(self.buffer), self.reads
-                    self.buffer.clear()
-                    self.reads = []
-                    return line, reads
                 await self.send("421 idle too long\r\n")
                 return None
             if not data:
-                # Half-closed: the peer may still read, so what arrived without
-                # a line end is reported as after a pause; the next call ends.
-                if self.buffer:
-                    line, reads = bytes(self.buffer), self.reads
-                    self.buffer.clear()
-                    self.reads = []
-                    return line, reads
                 return None
             self.buffer += data
             self.reads.append(len(data))
