@@ -13,7 +13,7 @@ async def fingerprint_through(personalities):
 async def test_stall_after_space_lf():
     f, report = await fingerprint_through(("stall-space-lf",))
     assert f["alg.stall.space-lf"].status == "present"
-    assert "stalled" in " ".join(f["alg.stall.space-lf"].evidence)
+    assert "held back by a middlebox" in " ".join(f["alg.stall.space-lf"].evidence)  # a proven stall
     assert f["alg.stall.bare-lf"].status == "absent"  # 'PASV\n' without the space passes
     assert f["nat.present"].status == "present"       # the box connects from 127.0.0.2
 
