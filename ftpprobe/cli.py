@@ -24,7 +24,9 @@ from tabulate import tabulate
 from . import __version__
 from .catalog import load_catalog
 from .errors import FtpProbeError, TargetError
+from .exporter import exporter_command
 from .findings import EXIT_PROBE_FAILED
+from .monitoring import THRESHOLD
 from .report import render_json, render_text
 from .runner import run_probes
 from .target import Target, mask_userinfo, parse_target
@@ -48,11 +50,47 @@ never appear in any output.
 """ + EXIT_CODES
 
 
-def _progress(enabled: bool):
-    """Progress lines on stderr when it is a terminal; silent under cron."""
-    if not enabled or not sys.stderr.isatty():
-        return lambda message: None
-    return lambda message: click.echo(f"  .. {message}", err=True)
+class Progress:
+    """Progress on stderr when it is a terminal; nothing under cron or with --json.
+
+    Called as ``progress(message, done=None, total=None)``: a message with a
+    count drives a progress bar (long runs: passive samples, fleet sites),
+    one without is a line of its own while no bar is showing.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = None
+
+    def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        if total:
+            if self._bar is None:
+                self._bar = click.progressbar(length=total, label=f"  {message}", file=sys.stderr,
+                                              show_pos=True, width=30)
+                self._bar.__enter__()
+            self._bar.update(max(0, (done or 0) - self._bar.pos))
+        elif self._bar is None:
+            click.echo(f"  .. {message}", err=True)
+
+    def close(self) -> None:
+        """End the bar (its line stays on the terminal)."""
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(enabled)
+
+
+def _show(report, as_json: bool, verbose: bool) -> None:
+    """Print ``report`` as JSON or as text sized to the terminal (colour on a terminal only)."""
+    if as_json:
+        click.echo(render_json(report))
+    else:
+        click.echo(render_text(report, verbose=verbose, color=sys.stdout.isatty()))
 
 
 def _fail(message: str) -> None:
@@ -166,6 +204,8 @@ def common_options(fn):
                            "the control peer's (off by default: a hostile server cannot aim the prober elsewhere).")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for scripts.")(fn)
     fn = click.option("--no-netrc", is_flag=True, help="Do not read ~/.netrc for credentials.")(fn)
+    fn = click.option("-v", "--verbose", is_flag=True,
+                      help="Show every finding (absent and skipped too) with all its evidence.")(fn)
     return fn
 
 
@@ -188,16 +228,20 @@ def main(debug: bool) -> None:
 
 
 def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc,
-         from_lan=False):
+         verbose=False, from_lan=False):
     """Probe ``url`` and exit with the report's code (an FtpProbeError is left
     to FtpProbeGroup: one line, exit 3)."""
     target = parse_target(url, use_netrc=not no_netrc)
     probes = _select(only)
-    report = trio.run(lambda: run_probes(
-        target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
-        max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
-        from_lan=from_lan))
-    click.echo(render_json(report) if as_json else render_text(report))
+    progress = _progress(not as_json)
+    try:
+        report = trio.run(lambda: run_probes(
+            target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
+            max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=progress,
+            from_lan=from_lan))
+    finally:
+        progress.close()
+    _show(report, as_json, verbose)
     sys.exit(report.exit_code)
 
 
@@ -264,7 +308,11 @@ listen, a usage error or an internal error.""")
               help="Concurrent sessions from one address.")
 @click.option("--idle", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
               help="Seconds a session may wait for a line.")
-def reflect(listen, ports, journal, max_sessions, per_address, idle):
+@click.option("--max-listeners", type=click.IntRange(1, 10000), default=64, show_default=True,
+              help="Passive ports open at once over all sessions (one per session; PASV beyond it gets 425).")
+@click.option("--journal-mb", type=click.IntRange(1, 100000), default=16, show_default=True,
+              help="Rotate the journal to FILE.1 at this size (MiB): at most twice this on disk.")
+def reflect(listen, ports, journal, max_sessions, per_address, idle, max_listeners, journal_mb):
     """Run the cooperating reflector server (outside the NAT).
 
     It answers every line with the exact bytes it received (hex), the peer
@@ -283,7 +331,8 @@ def reflect(listen, ports, journal, max_sessions, per_address, idle):
         port_list = tuple(int(p) for p in ports.split(","))
     except ValueError:
         raise click.BadParameter(f"not a list of ports: {ports!r}", param_hint="--ports") from None
-    limits = ReflectorLimits(max_sessions=max_sessions, per_address=per_address, idle=idle)
+    limits = ReflectorLimits(max_sessions=max_sessions, per_address=per_address, idle=idle,
+                             max_listeners=max_listeners, journal_bytes=journal_mb << 20)
     try:
         trio.run(Reflector(listen, port_list, limits, journal).serve)
     except PermissionError:
@@ -324,7 +373,7 @@ and ~/.netrc credentials are never sent to it.
 @click.option("--only", metavar="NAMES", help="Comma-separated variant names (default: all alg-* probes).")
 @common_options
 def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, trust_pasv_address, as_json,
-                no_netrc):
+                no_netrc, verbose):
     """Fingerprint the NAT router / firewall / FTP ALG between here and a reflector.
 
     Run from inside the LAN against `ftpprobe reflect` outside it.  Sends PORT
@@ -337,11 +386,19 @@ def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, tr
     """
     target = _reflector_target(reflector)
     probes = _select(only, vantage="reflector")
-    report = trio.run(lambda: run_probes(
-        target, probes=probes, timeout=timeout, deadline=deadline, max_sessions=max_sessions,
-        trust_pasv_address=trust_pasv_address, progress=_progress(not as_json),
-        vantage="reflector", other_port=other_port))
-    click.echo(render_json(report) if as_json else render_text(report))
+    progress = _progress(not as_json)
+    try:
+        report = trio.run(lambda: run_probes(
+            target, probes=probes, timeout=timeout, deadline=deadline, max_sessions=max_sessions,
+            trust_pasv_address=trust_pasv_address, progress=progress,
+            vantage="reflector", other_port=other_port))
+    finally:
+        progress.close()
+    if report.error and not report.peer:
+        # Nothing answered as a reflector: say how to start one.
+        report.error += (f"; is `ftpprobe reflect` running on {target.host}? Start it on a host outside "
+                         f"the NAT: sudo ftpprobe reflect --listen 0.0.0.0 --ports {target.port},{other_port}")
+    _show(report, as_json, verbose)
     sys.exit(report.exit_code)
 
 
@@ -365,8 +422,11 @@ error, an internal error, or interrupted).""")
               show_default=True, help="Output on stdout.")
 @click.option("--prometheus-file", type=click.Path(dir_okay=False),
               help="Also write Prometheus text here, atomically (node_exporter textfile collector).")
-@click.option("-w", "--warning", "warn_s", type=click.FloatRange(0), help="WARNING if a site's check takes longer (seconds).")
-@click.option("-c", "--critical", "crit_s", type=click.FloatRange(0), help="CRITICAL if a site's check takes longer (seconds).")
+@click.option("-w", "--warning", "warn_s", type=THRESHOLD,
+              help="WARNING when a site's check time (seconds) is outside this range: 5, 2:, ~:5, @5:10 "
+                   "(Nagios plugin range syntax).")
+@click.option("-c", "--critical", "crit_s", type=THRESHOLD,
+              help="CRITICAL when a site's check time (seconds) is outside this range (same syntax as -w).")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
               help="Seconds for each connect and reply (a targets file may set its own).")
 @click.option("--samples", type=click.IntRange(0, 10000), default=10, show_default=True,
@@ -389,9 +449,9 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
     FTPPROBE_USER/FTPPROBE_PASSWORD, or a site's password_env in the targets
     file: never put them on the command line.
     """
-    from .fleet import Site, check_sites, compare_baseline, load_baseline, load_targets, write_atomically
+    from .fleet import Site, check_sites, compare_baseline, load_baseline, load_targets
     from .fleet import save_baseline as store_baseline
-    from .monitoring import json_lines, nagios_line, prometheus_text
+    from .monitoring import json_lines, nagios_output, prometheus_text, write_prometheus_file
 
     def unknown(message: str) -> None:
         click.echo(f"FTPPROBE UNKNOWN - {message}")
@@ -408,8 +468,12 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
         old = load_baseline(baseline) if baseline else None
     except FtpProbeError as exc:
         unknown(str(exc))
-    results = trio.run(lambda: check_sites(sites, max_connections=max_connections, site_deadline=site_deadline,
-                                           deadline=deadline, progress=_progress(True)))
+    progress = _progress(fmt == "nagios" and not quiet)
+    try:
+        results = trio.run(lambda: check_sites(sites, max_connections=max_connections, site_deadline=site_deadline,
+                                               deadline=deadline, progress=progress))
+    finally:
+        progress.close()
     if old is not None:
         for r in results:
             r.changes = compare_baseline(r, old)
@@ -417,10 +481,10 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
         if save_baseline:
             store_baseline(save_baseline, results)
         if prometheus_file:
-            write_atomically(prometheus_file, prometheus_text(results))
+            write_prometheus_file(prometheus_file, results)
     except OSError as exc:
         unknown(f"cannot write {exc.filename}: {exc.strerror}")
-    code, line = nagios_line(results, warn_s, crit_s)
+    code, line = nagios_output(results, warn_s, crit_s)
     if quiet and code == 0:
         sys.exit(0)
     if fmt == "nagios":
@@ -430,6 +494,9 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
     else:
         click.echo(prometheus_text(results), nl=False)
     sys.exit(code)
+
+
+main.add_command(exporter_command)
 
 
 @main.command("probes", epilog="""\b
@@ -480,16 +547,21 @@ def demo(as_json, timeout):
                        "max_cons 5 (it counts its own listening socket: 4 sessions), "
                        f"user {server.user}\n", err=True)
         # --max-sessions above the server's limit, so the session-limit probe finds it.
-        report = trio.run(lambda: run_probes(target, timeout=timeout, samples=30, max_sessions=6,
-                                             progress=_progress(not as_json)))
+        progress = _progress(not as_json)
+        try:
+            report = trio.run(lambda: run_probes(target, timeout=timeout, samples=30, max_sessions=6,
+                                                 progress=progress))
+        finally:
+            progress.close()
     router = trio.run(lambda: emulated_router_fingerprint(personalities, timeout=timeout,
-                                                          progress=_progress(not as_json)))
+                                                          progress=_progress(False)))
     if as_json:
         click.echo(json.dumps({"server": report.to_dict(), "router": router.to_dict()}, indent=2, default=str))
     else:
-        click.echo(render_text(report))
+        color = sys.stdout.isatty()
+        click.echo(render_text(report, color=color))
         click.echo(f"\nThrough an emulated router ({', '.join(personalities)}):\n")
-        click.echo(render_text(router))
+        click.echo(render_text(router, color=color))
     sys.exit(max(report.exit_code, router.exit_code))
 
 

@@ -92,7 +92,7 @@ class PyftpdlibServer:
         return f"ftp://{self.host}:{self.port}/"
 
 
-async def emulated_router_fingerprint(personalities: tuple[str, ...], *, timeout: float, progress=lambda m: None):
+async def emulated_router_fingerprint(personalities: tuple[str, ...], *, timeout: float, progress=lambda message, done=None, total=None: None):
     """Run ``ftpprobe fingerprint`` through an emulated middlebox on loopback.
 
     A real reflector listens on two loopback ports; a :class:`~ftpprobe.middlebox.Middlebox`

@@ -86,7 +86,9 @@ class ProbeContext:
     trust_pasv_address: bool = False
     limiter: trio.CapacityLimiter = field(default=None)  # type: ignore[assignment]
     refusals: list[str] = field(default_factory=list)
-    progress: Callable[[str], None] = lambda message: None
+    #: ``progress(message, done=None, total=None)``: a line of progress, with a
+    #: count for long runs (the CLI shows a bar on a terminal, nothing otherwise).
+    progress: Callable[..., None] = lambda message, done=None, total=None: None
     #: For the reflector vantage: the second control port (no ALG helper there?)
     #: and whether to insist that the peer greets as an ftpprobe reflector.
     other_port: int | None = None
@@ -591,7 +593,7 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                     samples.append(PassiveSample(order=n, session=index, command=verb, port=port,
                                                  address=str(address) if address else None,
                                                  reachable=result.connected, error=result.error))
-                    ctx.progress(f"pasv-map: {len(samples)}/{ctx.samples} samples")
+                    ctx.progress("passive samples", len(samples), ctx.samples)
         except FtpProbeError as exc:
             errors.append(f"session {index}: {exc}")
 

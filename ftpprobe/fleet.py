@@ -146,7 +146,7 @@ def load_targets(path: str, environ=None, defaults: dict | None = None) -> list[
 
 async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_per_site: int = 2,
                       deadline: float = 300.0, site_deadline: float = 60.0,
-                      progress=lambda message: None) -> list[SiteResult]:
+                      progress=lambda message, done=None, total=None: None) -> list[SiteResult]:
     """Probe every site concurrently; never more than ``max_connections`` control
     sessions open at once.  A site that does not finish within ``site_deadline``
     seconds, or before the overall ``deadline``, is reported down with the reason."""
@@ -161,8 +161,7 @@ async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_
             report = await run_probes(site.target, probes=[catalog[n] for n in site.probes], timeout=site.timeout,
                                       deadline=site_deadline, samples=site.samples, max_sessions=sessions_per_site)
         results[site.name] = SiteResult(site, report)
-        progress(f"{len(results)}/{len(sites)} sites checked ({site.name}: "
-                 f"{'down: ' + report.error if report.error else 'up'})")
+        progress("sites checked", len(results), len(sites))
 
     with trio.move_on_after(deadline):
         async with trio.open_nursery() as nursery:

@@ -124,7 +124,7 @@ def passive_map(observations: Mapping[str, Observation]) -> PassiveMap | None:
 
 async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
                      deadline: float = 120.0, samples: int = 20, max_sessions: int = 4,
-                     trust_pasv_address: bool = False, progress=lambda message: None,
+                     trust_pasv_address: bool = False, progress=lambda message, done=None, total=None: None,
                      vantage: str = "server", other_port: int | None = None,
                      from_lan: bool = False) -> ProbeReport:
     """Probe ``target`` with ``probes`` (default: the catalog's probes of ``vantage``).

@@ -96,7 +96,7 @@ def test_mask_userinfo():
     (["no-such-command"], "No such command"),
     (["--no-such-global-option", "probes"], "No such option"),
     (["probe", "--only", "pasv-map,nonsense", "ftp://192.0.2.1/"], "unknown probe(s) nonsense"),
-    (["check", "-w", "abc", "ftp://192.0.2.1/"], "'abc' is not a valid float range"),
+    (["check", "-w", "abc", "ftp://192.0.2.1/"], "'abc' is not a threshold range"),
     (["check", "--format", "xml", "ftp://192.0.2.1/"], "'xml' is not one of"),
     (["probe"], "Missing argument"),
     (["reflect", "--ports", "a,b"], "not a list of ports"),
