@@ -29,7 +29,7 @@ from .findings import EXIT_PROBE_FAILED
 from .monitoring import THRESHOLD
 from .report import render_json, render_text
 from .runner import run_probes
-from .target import Target, mask_userinfo, parse_target
+from .target import DEFAULT_OTHER_PORT, Target, mask_userinfo, parse_target, reflector_target
 
 EXIT_CODES = """\b
 Exit codes (Nagios plugin conventions): 0 no problem, 1 warning-level quirk,
@@ -344,21 +344,6 @@ def reflect(listen, ports, journal, max_sessions, per_address, idle, max_listene
         pass
 
 
-def _reflector_target(text: str) -> Target:
-    """The reflector at ``HOST[:PORT]`` (or ``ftp://HOST[:PORT]/``), logged in
-    to with the fixed anonymous identity.
-
-    Why: the reflector accepts any login and journals every line it receives,
-    and it is usually someone else's host; the user's FTPPROBE_USER /
-    FTPPROBE_PASSWORD or ~/.netrc credentials are meant for their servers.
-    Raises :class:`TargetError` for a bad address or one with user information.
-    """
-    parsed = parse_target(text if "://" in text else f"ftp://{text}", use_netrc=False, environ={})
-    if parsed.credential_source != "anonymous":
-        raise TargetError("a reflector needs no login: give HOST[:PORT] without USER[:PASSWORD]@")
-    return Target(parsed.host, parsed.port)
-
-
 @main.command(epilog="""\b
 Example:
   ftpprobe fingerprint --other-port 2121 reflector.example.net
@@ -368,7 +353,7 @@ and ~/.netrc credentials are never sent to it.
 
 """ + EXIT_CODES)
 @click.argument("reflector", metavar="HOST[:PORT]")
-@click.option("--other-port", type=click.IntRange(1, 65535), default=2121, show_default=True,
+@click.option("--other-port", type=click.IntRange(1, 65535), default=DEFAULT_OTHER_PORT, show_default=True,
               help="The reflector's second control port, to see whether the ALG acts only on 21.")
 @click.option("--only", metavar="NAMES", help="Comma-separated variant names (default: all alg-* probes).")
 @common_options
@@ -384,7 +369,7 @@ def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, tr
     against outcome (rewritten / passed / mangled / stalled / reset) and the
     nat.*, alg.* and path.active-blocked findings.
     """
-    target = _reflector_target(reflector)
+    target = reflector_target(reflector)
     probes = _select(only, vantage="reflector")
     progress = _progress(not as_json)
     try:

@@ -63,6 +63,7 @@ QUIRKS: dict[str, tuple[Severity, str]] = {
     "change.quirk-appeared": ("warning", "a quirk absent at the baseline is present now"),
     "change.pasv-range-moved": ("warning", "the passive range moved since the baseline"),
     "change.pasv-address-changed": ("warning", "the address in 227 replies changed since the baseline"),
+    "change.alg-changed": ("warning", "the router's ALG fingerprint differs from the baseline's"),
 }
 
 SEVERITY_EXIT = {"info": 0, "warning": 1, "critical": 2}

@@ -21,7 +21,7 @@ from .catalog import load_catalog
 from .errors import TargetError
 from .findings import Finding, exit_code
 from .runner import ProbeReport, run_probes
-from .target import Target, parse_target
+from .target import DEFAULT_OTHER_PORT, Target, parse_target, reflector_target
 
 #: Probes a health check runs by default: quick, no stall waits.
 CHECK_PROBES = ("pasv-map", "epsv", "list-format")
@@ -34,7 +34,9 @@ SITE_KEYS = {"name", "url", "reflector", "timeout", "samples", "probes", "passwo
 class Site:
     """One site to check.  ``name`` labels it in every output (defaults to the
     URL without password); ``probes`` are catalog names; ``timeout`` seconds;
-    ``reflector`` is kept for a later fingerprint (not run by ``check`` yet)."""
+    ``reflector``: ``HOST[:PORT]`` of an ``ftpprobe reflect`` server beyond the
+    site's router: ``check`` then also takes the router's ALG fingerprint, and
+    a baseline records it (``change.alg-changed``)."""
 
     name: str
     target: Target
@@ -51,6 +53,8 @@ class SiteResult:
     site: Site
     report: ProbeReport
     changes: list[Finding] = field(default_factory=list)
+    #: the router fingerprint through the site's reflector (``None`` without one)
+    router: ProbeReport | None = None
 
     @property
     def up(self) -> bool:
@@ -160,7 +164,12 @@ async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_
         async with limiter:
             report = await run_probes(site.target, probes=[catalog[n] for n in site.probes], timeout=site.timeout,
                                       deadline=site_deadline, samples=site.samples, max_sessions=sessions_per_site)
-        results[site.name] = SiteResult(site, report)
+            router = None
+            if site.reflector:
+                router = await run_probes(reflector_target(site.reflector), timeout=site.timeout,
+                                          deadline=site_deadline, max_sessions=sessions_per_site,
+                                          vantage="reflector", other_port=DEFAULT_OTHER_PORT)
+        results[site.name] = SiteResult(site, report, router=router)
         progress("sites checked", len(results), len(sites))
 
     with trio.move_on_after(deadline):
@@ -187,12 +196,46 @@ def baseline_entry(result: SiteResult) -> dict:
     p = result.report.passive
     keys = ("estimate_low", "estimate_high", "uncertainty", "addresses", "allocation",
             "confidence", "range_min", "range_max", "range_samples")
-    return {
+    entry = {
         "url": result.site.target.url,
         "up": result.up,
         "findings": {f.id: f.status for f in result.report.findings},
         "passive": {k: p.get(k) for k in keys} if p else {},
     }
+    if result.router is not None and not result.router.error:
+        entry["fingerprint"] = fingerprint_outcomes(result.router)
+    return entry
+
+
+#: Fingerprint outcomes that say what the path did; others (no report, a
+#: timeout once, a failed session) say nothing and never count as a change.
+DECIDED_OUTCOMES = ("passed", "rewritten", "mangled")
+
+
+def fingerprint_outcomes(router: ProbeReport) -> dict[str, str]:
+    """``{variant: outcome}`` of a router fingerprint, only the decided ones
+    (:data:`DECIDED_OUTCOMES`, and a proven stall ``stalled (dropped|held)``)."""
+    return {row["probe"]: row["outcome"] for row in router.fingerprint
+            if row["outcome"] in DECIDED_OUTCOMES or str(row["outcome"]).startswith("stalled (")}
+
+
+def alg_changes(result: SiteResult, old: dict, saved: str) -> list[Finding]:
+    """``change.alg-changed`` when a variant decided at the baseline and now
+    had another outcome (e.g. ``alg-port-lf: rewritten -> stalled (dropped)``
+    after a firmware update).  Variants undecided on either side are left
+    out, so a lost packet never raises it."""
+    before = old.get("fingerprint")
+    if not before or result.router is None or result.router.error:
+        return []
+    now = fingerprint_outcomes(result.router)
+    changed = sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
+    if not changed:
+        return []
+    return [Finding("change.alg-changed", "present",
+                    [f"{name}: {before[name]} at the baseline of {saved}, {now[name]} now" for name in changed],
+                    "the router's FTP handling changed (firmware update? ALG switched on or off?): see the "
+                    "router fingerprint (ftpprobe fingerprint) for what it does now",
+                    data={"changed": {name: [before[name], now[name]] for name in changed}})]
 
 
 def save_baseline(path: str, results: list[SiteResult]) -> None:
@@ -249,6 +292,7 @@ def compare_baseline(result: SiteResult, baseline: dict) -> list[Finding]:
                                "the site stopped answering since the baseline: check power, router, server"))
     if not result.up:
         return changes
+    changes += alg_changes(result, old, saved)
     now = {f.id: f.status for f in result.report.findings}
     for quirk, status in now.items():
         if status == "present" and old["findings"].get(quirk) == "absent":

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from .errors import TargetError
 
 DEFAULT_PORT = 21
+#: A reflector's second control port (one where a router's ALG may not act).
+DEFAULT_OTHER_PORT = 2121
 ANONYMOUS = ("anonymous", "ftpprobe@")
 
 #: Said whenever the user information of a URL cannot be trusted to have been
@@ -176,3 +178,18 @@ def _netrc_lookup(host: str) -> tuple[str, str] | None:
 def _netrc_password(host: str, user: str) -> str | None:
     found = _netrc_lookup(host)
     return found[1] if found and found[0] == user else None
+
+
+def reflector_target(text: str) -> Target:
+    """The reflector at ``HOST[:PORT]`` (or ``ftp://HOST[:PORT]/``), logged in
+    to with the fixed anonymous identity.
+
+    Why: the reflector accepts any login and journals every line it receives,
+    and it is usually someone else's host; the user's FTPPROBE_USER /
+    FTPPROBE_PASSWORD or ~/.netrc credentials are meant for their servers.
+    Raises :class:`TargetError` for a bad address or one with user information.
+    """
+    parsed = parse_target(text if "://" in text else f"ftp://{text}", use_netrc=False, environ={})
+    if parsed.credential_source != "anonymous":
+        raise TargetError("a reflector needs no login: give HOST[:PORT] without USER[:PASSWORD]@")
+    return Target(parsed.host, parsed.port)
