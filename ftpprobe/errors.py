@@ -49,3 +49,20 @@ class ReplyTimeout(FtpProbeError):
 
 class LoginFailed(FtpProbeError):
     """USER/PASS was refused (RFC 959 §4.2: 530, or another non-2xx reply)."""
+
+
+class TlsFailed(FtpProbeError):
+    """A TLS handshake (RFC 4217 §4, §7) failed, or the server refused AUTH TLS.
+
+    ``verify_code`` / ``verify_message``: OpenSSL's certificate verification
+    result when the certificate was the reason (``X509_V_ERR_*``, e.g. 10
+    "certificate has expired", 62 "Hostname mismatch"), else 0 / ``""``;
+    ``alert``: OpenSSL's reason for any other failure (e.g.
+    ``TLSV1_ALERT_PROTOCOL_VERSION``, ``WRONG_VERSION_NUMBER``).
+    """
+
+    def __init__(self, message: str, *, verify_code: int = 0, verify_message: str = "", alert: str = "") -> None:
+        super().__init__(message)
+        self.verify_code = verify_code
+        self.verify_message = verify_message
+        self.alert = alert

@@ -278,6 +278,161 @@ class AuthTlsObs(Observed):
     user: str = ""
     anonymous: bool = True
     password_sent_in_clear: bool = False
+    #: a session of this run sent PASS inside TLS (RFC 4217 §4: after AUTH TLS, or implicit FTPS)
+    password_sent_in_tls: bool = False
+    #: the run's sessions: ``none`` (plain FTP), ``explicit`` (AUTH TLS) or ``implicit`` FTPS
+    tls_mode: str = "none"
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """The server's certificate as it arrived (X.509, RFC 5280 §4.1).
+
+    ``subject`` / ``issuer``: RFC 4514 strings; ``names``: the
+    subjectAltName DNS names and IP addresses (the subject's common name
+    when there is no subjectAltName); ``not_before`` / ``not_after``: UTC,
+    seconds since the epoch; ``key_type``: ``RSA``, ``EC``, ``DSA``,
+    ``Ed25519`` ...; ``key_bits``: key size in bits; ``signature_hash``:
+    ``sha256``, ``sha1``, ``md5`` ... (empty when the algorithm has none);
+    ``self_signed``: subject and issuer are the same name;
+    ``fingerprint``: SHA-256 of the DER bytes, hex.
+    """
+
+    subject: str
+    issuer: str
+    names: tuple[str, ...] = ()
+    not_before: float = 0.0
+    not_after: float = 0.0
+    key_type: str = ""
+    key_bits: int = 0
+    signature_hash: str = ""
+    self_signed: bool = False
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class TlsHandshake:
+    """One TLS handshake (RFC 4217 §4 on the control connection, §9 on a data
+    connection).
+
+    ``ok``: it completed; ``version``: e.g. ``TLSv1.3``; ``cipher``: the
+    cipher suite; ``verified``: the certificate was checked against the
+    trust store and the host name and accepted (False when not checked);
+    ``verify_code`` / ``verify_message``: OpenSSL's verification error
+    (``X509_V_ERR_*``) when the certificate was refused; ``alert``: OpenSSL's
+    reason for another failure; ``error``: the failure as one line
+    (``timeout``, ``reset`` ... included); ``elapsed``: seconds.
+    """
+
+    ok: bool
+    version: str = ""
+    cipher: str = ""
+    verified: bool = False
+    verify_code: int = 0
+    verify_message: str = ""
+    alert: str = ""
+    error: str = ""
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True)
+class TlsTransfer:
+    """PASV (or EPSV), then LIST over a data connection protected by TLS
+    (RFC 4217 §9: ``PROT P``).
+
+    ``passive``: PASV/EPSV and its reply; ``advertised``: what the 227/229
+    named (address ``None`` for 229); ``data``: the TCP connection (to the
+    control peer unless ``--trust-pasv-address``); ``reuse_offered``: the
+    control connection's TLS session was offered for resumption;
+    ``handshake``: the data connection's handshake; ``session_reused``: the
+    server resumed the session (``None`` without a handshake);
+    ``list_exchange``: LIST and its first reply; ``final``: the reply after
+    the transfer (226, or e.g. "522 SSL connection failed: session reuse
+    required"); ``final_error``: why there was none; ``bytes``: bytes read.
+    """
+
+    passive: Exchange | None = None
+    advertised: tuple[str | None, int] | None = None
+    data: DataOutcome | None = None
+    reuse_offered: bool = True
+    handshake: TlsHandshake | None = None
+    session_reused: bool | None = None
+    list_exchange: Exchange | None = None
+    final: Reply | None = None
+    final_error: str = ""
+    bytes: int = 0
+
+
+TlsMode = Literal["explicit", "implicit"]
+
+
+@dataclass(frozen=True)
+class TlsObs(Observed):
+    """What the server says in clear text and inside TLS (action ``tls``).
+
+    ``mode``: ``explicit`` (``AUTH TLS`` on the control port, RFC 4217 §4)
+    or ``implicit`` (TLS from the first byte, port 990); ``host``: the name
+    the certificate was checked against; ``observed_at``: UTC seconds since
+    the epoch (certificate validity is judged at this moment).
+
+    Clear text: ``clear_passive`` / ``clear_advertised`` / ``clear_data``:
+    PASV in a plain session and the TCP connection to its port;
+    ``clear_skipped``: why there was no plain session (implicit FTPS, or a
+    login that would have sent a password in clear text).
+
+    Inside TLS: ``auth``: ``AUTH TLS`` and its reply (explicit);
+    ``handshake``: the control connection's handshake with certificate
+    checking; ``unverified``: a second handshake without checking, made when
+    the first refused the certificate (to read it, and to go on when allowed);
+    ``certificate``: the server's certificate; ``login_in_tls``: USER/PASS
+    went inside TLS; ``stopped``: why the session went no further (e.g. a
+    refused certificate with a password login); ``protection``: ``PBSZ 0``
+    and ``PROT P`` and their replies; ``transfer``: PASV and LIST with the
+    TLS session offered for reuse; ``no_reuse``: the same without offering it
+    (does the server demand reuse?).
+    """
+
+    mode: TlsMode = "explicit"
+    host: str = ""
+    observed_at: float = 0.0
+    clear_passive: Exchange | None = None
+    clear_advertised: tuple[str | None, int] | None = None
+    clear_data: DataOutcome | None = None
+    clear_skipped: str = ""
+    auth: Exchange | None = None
+    handshake: TlsHandshake | None = None
+    unverified: TlsHandshake | None = None
+    certificate: CertificateInfo | None = None
+    login_in_tls: bool = False
+    stopped: str = ""
+    protection: tuple[Exchange, ...] = ()
+    transfer: TlsTransfer | None = None
+    no_reuse: TlsTransfer | None = None
+
+
+@dataclass(frozen=True)
+class TlsVersionOutcome:
+    """One TLS version offered alone (action ``tls-versions``).
+
+    ``version``: ``TLSv1``, ``TLSv1.1``, ``TLSv1.2``, ``TLSv1.3``;
+    ``outcome``: ``accepted`` (the handshake completed), ``refused`` (the
+    server answered with an alert or closed during the handshake),
+    ``no-tls`` (AUTH TLS refused), ``untestable`` (this machine's OpenSSL
+    cannot offer it), ``timeout``, ``reset`` or ``failed`` (the session
+    failed before the handshake); ``detail``: the evidence line.
+    """
+
+    version: str
+    outcome: Literal["accepted", "refused", "no-tls", "untestable", "timeout", "reset", "failed"]
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class TlsVersionsObs(Observed):
+    """Each TLS version offered alone in its own session, no login (action ``tls-versions``)."""
+
+    mode: TlsMode = "explicit"
+    versions: tuple[TlsVersionOutcome, ...] = ()
 
 
 RefusalKind = Literal["421", "too-many", "other-reply", "timeout", "reset", "closed", "connect"]
@@ -373,7 +528,7 @@ class ReflectPassiveObs(Observed):
 
 
 Observation = (Failed | Skipped | CommandObs | PassiveObs | ActiveObs | BounceObs | ListingObs | AuthTlsObs
-               | SessionLimitObs | PassiveMapObs | ReflectActiveObs | ReflectPassiveObs)
+               | SessionLimitObs | PassiveMapObs | ReflectActiveObs | ReflectPassiveObs | TlsObs | TlsVersionsObs)
 
 #: Addresses a 227 reply must not advertise to the internet: RFC 1918,
 #: loopback, link-local, CGNAT (RFC 6598) and IPv6 unique-local.  Not

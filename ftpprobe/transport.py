@@ -116,12 +116,21 @@ class ControlSession:
     bounds every connect and every complete reply, so a peer that drips one
     byte a second still times out.  ``history`` keeps an
     :class:`ftpprobe.observations.Exchange` per command for evidence;
-    ``password_sent`` becomes True once a PASS line was written (in clear:
-    this module never speaks TLS).
+    ``password_sent`` becomes True once a PASS line was written in clear
+    text, ``password_sent_in_tls`` once one was written inside TLS.
+
+    FTPS (RFC 4217): :meth:`start_tls` wraps the connection in TLS (after
+    ``AUTH TLS`` for explicit FTPS, before the greeting for implicit FTPS);
+    from then on every command and reply goes through ``stream`` (a
+    ``trio.SSLStream``), ``tls`` is that stream, and ``tcp`` stays the TCP
+    connection underneath (for TCP_INFO).
     """
 
     def __init__(self, stream: trio.SocketStream, host: str, port: int, timeout: float) -> None:
-        self.stream = stream
+        self.stream: trio.abc.Stream = stream
+        self.tcp = stream  # the TCP connection, also under TLS
+        self.tls: trio.SSLStream | None = None
+        self.password_sent_in_tls = False
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -164,7 +173,7 @@ class ControlSession:
         return self._local[1]
 
     def tcp_info(self) -> dict[str, int]:
-        return read_tcp_info(self.stream.socket)
+        return read_tcp_info(self.tcp.socket)
 
     # I/O -------------------------------------------------------------------
 
@@ -245,6 +254,24 @@ class ControlSession:
         raise ReplyTimeout(f"no complete reply within {timeout:g} s",
                            tcp_info=self.tcp_info(), partial=self.reader.buffered[:200])
 
+    async def start_tls(self, context, server_hostname: str | None) -> None:
+        """Wrap the control connection in TLS and complete the handshake
+        within the session's timeout (RFC 4217 §4: after a 234 reply to
+        ``AUTH TLS``; implicit FTPS: right after connecting).
+
+        Refuses bytes the server sent after its 234 reply and before the
+        handshake (they would be read as if they came through TLS: the
+        STARTTLS command injection of CVE-2011-0411).  Raises
+        :class:`~ftpprobe.errors.TlsFailed` (certificate, protocol),
+        :class:`ReplyTimeout`, :class:`PeerClosed` or :class:`ProtocolError`.
+        """
+        from .tls import handshake
+
+        if self.reader.buffered:
+            raise ProtocolError(f"the server sent {escape(self.reader.buffered[:60])!r} after its AUTH TLS "
+                                "reply, before the TLS handshake: refused")
+        self.stream = self.tls = await handshake(self.tcp, context, server_hostname, self.timeout)
+
     async def greet(self) -> Reply:
         """Read the greeting (RFC 959 §5.4: 220, or 120 then 220, or 421)."""
         reply = await self.read_reply()
@@ -277,7 +304,10 @@ class ControlSession:
             finally:
                 # Counted even when the send failed half-way: some of it may have left.
                 if command.verb.upper() == "PASS":
-                    self.password_sent = True
+                    if self.tls is None:
+                        self.password_sent = True
+                    else:
+                        self.password_sent_in_tls = True
             reply = await self.read_reply(timeout)
         except ReplyTimeout as exc:
             outcome, error, tcp_info = "timeout", str(exc), TcpInfo.from_kernel(exc.tcp_info)
