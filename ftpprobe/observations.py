@@ -530,6 +530,108 @@ class ReflectPassiveObs(Observed):
 Observation = (Failed | Skipped | CommandObs | PassiveObs | ActiveObs | BounceObs | ListingObs | AuthTlsObs
                | SessionLimitObs | PassiveMapObs | ReflectActiveObs | ReflectPassiveObs | TlsObs | TlsVersionsObs)
 
+# -- packet-level evidence (ftpprobe.packets; needs root or CAP_NET_RAW) --------------
+
+
+@dataclass(frozen=True)
+class ResetSource:
+    """Who sent one TCP RST, judged from the packet (:func:`ftpprobe.packets.attribute_resets`).
+
+    ``time``: seconds (capture clock); ``ttl``: the RST's IP TTL as it
+    arrived (hops left); ``ip_id``: its IP identification; ``window``: its
+    raw TCP window; ``sender``: ``peer``, ``middlebox`` or ``unknown``;
+    ``peer_ttls``: the TTLs of the peer's own packets on the connection;
+    ``peer_ip_ids``: how the peer numbers its IP IDs (``zero``, ``counter``,
+    ``random``); ``peer_windows``: windows it advertised (up to six);
+    ``ip_id_match``/``window_match``: whether the RST's fit (``None``: no
+    basis to tell); ``reason``: the comparison in words.
+    """
+
+    time: float
+    ttl: int
+    ip_id: int
+    window: int
+    sender: Literal["peer", "middlebox", "unknown"]
+    peer_ttls: tuple[int, ...] = ()
+    peer_ip_ids: str = ""
+    peer_windows: tuple[int, ...] = ()
+    ip_id_match: bool | None = None
+    window_match: bool | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        who = {"peer": "sent by the peer itself", "middlebox": "sent by a middlebox, not the peer",
+               "unknown": "sender unclear"}[self.sender]
+        return f"RST (TTL {self.ttl}, IP ID {self.ip_id}, window {self.window}) {who}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ResetCaptureObs(Observed):
+    """PORT (or EPRT) on a captured control connection (action ``reset-capture``).
+
+    ``exchange``: the command and its outcome; ``local``/``peer``: the
+    connection's ends (the capture's 4-tuple); ``peer_packets``: packets the
+    peer sent on it that the capture saw (RSTs included); ``resets``: every
+    RST that arrived from the peer's address, attributed; ``capture``: how
+    packets were captured (interface, filter).
+    """
+
+    exchange: Exchange | None = None
+    local: Address | None = None
+    peer: Address | None = None
+    peer_packets: int = 0
+    resets: tuple[ResetSource, ...] = ()
+    capture: str = ""
+
+
+HopState = Literal["as-sent", "rewritten", "partial", "not-quoted", "silent"]
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One TTL of a hop-by-hop probe (tracebox-style).
+
+    ``ttl``: the IP TTL our segment left with (hops); ``address``: the
+    router that answered with ICMP time exceeded (``None``: no answer);
+    ``quoted``: the TCP payload it quoted (RFC 792); ``state``: ``as-sent``
+    (the quote holds the line byte for byte), ``rewritten`` (it differs),
+    ``partial`` (too short a quote to hold the line, its prefix as sent),
+    ``not-quoted`` (no payload quoted), ``silent`` (no ICMP came).
+    """
+
+    ttl: int
+    address: str | None = None
+    quoted: bytes = b""
+    state: HopState = "silent"
+
+
+@dataclass(frozen=True)
+class HopsObs(Observed):
+    """A PORT line sent with IP TTL 1, 2, ... inside a logged-in session to a
+    reflector, and the ICMP time-exceeded quotes of every hop (action ``hops``).
+
+    ``sent``: the exact line; ``hops``: one per TTL tried, in order;
+    ``reached_ttl``: the TTL at which the line reached the reflector (its
+    ACK came back; ``None`` if it never did within the bound);
+    ``reflection``: what the reflector reported receiving; ``exchange``: the
+    line and its reply; ``local``: our end; ``capture``: how packets were
+    captured; ``ttl_restored``: the socket's IP_TTL was set back afterwards.
+    """
+
+    sent: bytes = b""
+    hops: tuple[Hop, ...] = ()
+    reached_ttl: int | None = None
+    reflection: Reflection | None = None
+    exchange: Exchange | None = None
+    local: Address | None = None
+    capture: str = ""
+    ttl_restored: bool = True
+
+
+#: The packet probes' observations join the union (kept apart from the line above: additive).
+Observation = Observation | ResetCaptureObs | HopsObs
+
+
 #: Addresses a 227 reply must not advertise to the internet: RFC 1918,
 #: loopback, link-local, CGNAT (RFC 6598) and IPv6 unique-local.  Not
 #: ``ipaddress``'s ``is_private``, which also counts the documentation ranges.
