@@ -12,6 +12,7 @@ Errors are turned into one line on stderr in one place,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import sys
@@ -227,18 +228,50 @@ def main(debug: bool) -> None:
     """
 
 
+@contextlib.contextmanager
+def _pcap(path: str | None, target: Target):
+    """While the block runs, write every packet to or from ``target`` (control
+    and data connections, ICMP errors) to the pcap file ``path`` (``--pcap``).
+
+    Without root or CAP_NET_RAW (or scapy) it says so on stderr and the run
+    goes on as without ``--pcap``: the capture is evidence, not the probe.
+    """
+    cap = None
+    if path:
+        from .packets import Capture, CaptureError, resolve  # scapy itself only inside Capture.start
+
+        try:
+            cap = Capture(resolve(target.host, target.port), any_protocol=True, icmp=True, pcap=path)
+            cap.start()
+        except CaptureError as exc:
+            click.echo(f"ftpprobe: no capture written to {path}: {exc}", err=True)
+            cap = None
+    try:
+        yield
+    finally:
+        if cap is not None:
+            cap.stop()
+
+
+def pcap_option(fn):
+    return click.option("--pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+                        help="Write the run's packets (control and data connections) to FILE for Wireshark "
+                             "(needs root or CAP_NET_RAW; without it the run goes on and says so).")(fn)
+
+
 def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc,
-         verbose=False, from_lan=False):
+         verbose=False, from_lan=False, pcap=None):
     """Probe ``url`` and exit with the report's code (an FtpProbeError is left
     to FtpProbeGroup: one line, exit 3)."""
     target = parse_target(url, use_netrc=not no_netrc)
     probes = _select(only)
     progress = _progress(not as_json)
     try:
-        report = trio.run(lambda: run_probes(
-            target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
-            max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=progress,
-            from_lan=from_lan))
+        with _pcap(pcap, target):
+            report = trio.run(lambda: run_probes(
+                target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
+                max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=progress,
+                from_lan=from_lan))
     finally:
         progress.close()
     _show(report, as_json, verbose)
@@ -257,6 +290,7 @@ def from_lan_option(fn):
               help="Passive replies (PASV/EPSV) to sample for the range map; each is tried with a data connection.")
 @click.option("--only", metavar="NAMES", help="Comma-separated probe names to run (default: all).")
 @from_lan_option
+@pcap_option
 @common_options
 def probe(url, samples, only, **options):
     """Probe an FTP server end to end and report its quirks.
@@ -274,6 +308,7 @@ def probe(url, samples, only, **options):
 @click.option("--samples", type=click.IntRange(1, 100000), default=60, show_default=True,
               help="Passive replies to sample.")
 @from_lan_option
+@pcap_option
 @common_options
 def map_pasv(url, samples, **options):
     """Map a server's passive port range.
@@ -356,9 +391,13 @@ and ~/.netrc credentials are never sent to it.
 @click.option("--other-port", type=click.IntRange(1, 65535), default=DEFAULT_OTHER_PORT, show_default=True,
               help="The reflector's second control port, to see whether the ALG acts only on 21.")
 @click.option("--only", metavar="NAMES", help="Comma-separated variant names (default: all alg-* probes).")
+@click.option("--hops", is_flag=True,
+              help="Also find which hop rewrites PORT: send it with IP TTL 1, 2, ... and read each router's "
+                   "ICMP quote (needs root or CAP_NET_RAW).")
+@pcap_option
 @common_options
 def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, trust_pasv_address, as_json,
-                no_netrc, verbose):
+                no_netrc, verbose, hops=False, pcap=None):
     """Fingerprint the NAT router / firewall / FTP ALG between here and a reflector.
 
     Run from inside the LAN against `ftpprobe reflect` outside it.  Sends PORT
@@ -371,12 +410,17 @@ def fingerprint(reflector, other_port, only, timeout, deadline, max_sessions, tr
     """
     target = reflector_target(reflector)
     probes = _select(only, vantage="reflector")
+    if not hops and not only:
+        probes = [p for p in probes if p.action != "hops"]  # the hop walk runs with --hops only
+    elif hops and only:
+        probes += [p for p in _select(None, vantage="reflector") if p.action == "hops" and p not in probes]
     progress = _progress(not as_json)
     try:
-        report = trio.run(lambda: run_probes(
-            target, probes=probes, timeout=timeout, deadline=deadline, max_sessions=max_sessions,
-            trust_pasv_address=trust_pasv_address, progress=progress,
-            vantage="reflector", other_port=other_port))
+        with _pcap(pcap, target):
+            report = trio.run(lambda: run_probes(
+                target, probes=probes, timeout=timeout, deadline=deadline, max_sessions=max_sessions,
+                trust_pasv_address=trust_pasv_address, progress=progress,
+                vantage="reflector", other_port=other_port))
     finally:
         progress.close()
     if report.error and not report.peer:

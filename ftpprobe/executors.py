@@ -704,3 +704,8 @@ async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> ReflectPassive
     return ReflectPassiveObs(probe.name, exchanges=exchanges, exchange=ex, retry=retry, sent=probe.command.encode(),
                              reflection=_reflection(ex), local=local_end, control_port=port, declared=declared,
                              advertised=advertised, data=data, parse_error=parse_error)
+
+
+# The packet probes' actions (reset-capture, hops) live in their own module,
+# which registers them here; scapy itself stays behind ftpprobe.packets.
+from . import packet_actions  # noqa: E402,F401

@@ -34,6 +34,8 @@ QUIRKS: dict[str, tuple[Severity, str]] = {
     "alg.canonicalizes": ("info", "the ALG rewrites the whole line rather than only the numbers"),
     "nat.no-alg": ("warning", "NAT is present and PORT passes unrewritten: active mode cannot work through it"),
     "path.active-blocked": ("warning", "the server's active-mode data connection to the prober never arrives"),
+    "path.reset-injected": ("warning", "a TCP reset on the control connection came from a middlebox, not from the "
+                                        "peer (its IP TTL, IP ID or window differ from the peer's own packets)"),
     # server
     "server.pasv-private-address": ("warning", "a 227 reply advertises a non-routable address while the control peer is routable"),
     "server.pasv-address-mismatch": ("warning", "a 227 reply advertises an address other than the control peer's"),

@@ -156,6 +156,7 @@ def infer(observations: Mapping[str, Observation], decided: list[str], facts: Ru
 def _load() -> None:
     # Importing the vantage modules registers their rules.
     from . import passive, path, server  # noqa: F401
+    from . import packets  # noqa: F401  -- path.reset-injected (packet captures)
 
 
 _load()

@@ -29,6 +29,7 @@ from ..errors import ProtocolError
 from ..findings import Finding
 from ..observations import (ActiveObs, Address, Exchange, Failed, Observation, ReflectActiveObs, ReflectPassiveObs,
                             Skipped)
+from ..observations import HopsObs
 from ..rewrite import Comparison, compare
 from . import Seen, rule
 
@@ -246,7 +247,7 @@ def _rewrite_finding(quirk: str, seen: Seen, name: str) -> Finding:
     return Finding(quirk, "inconclusive", [line.evidence])
 
 
-@rule("alg.port-rewrite", reads=(PORT_CANONICAL,))
+@rule("alg.port-rewrite", reads=(PORT_CANONICAL, "alg-port-hops"))
 def port_rewrite(seen: Seen) -> Finding:
     """The address in the canonical PORT line is rewritten in transit.
 
@@ -260,8 +261,22 @@ def port_rewrite(seen: Seen) -> Finding:
     timeout / reset / closed                            inconclusive
     not run / failed                                    shared
     ==================================================  ==============
+
+    With ``fingerprint --hops`` (probe ``alg-port-hops``, a packet capture)
+    the evidence adds each hop's ICMP quote and the first hop after which
+    the line is rewritten (``data["rewritten_after_hop"]``); the status
+    stays the canonical line's.
     """
-    return _rewrite_finding("alg.port-rewrite", seen, PORT_CANONICAL)
+    finding = _rewrite_finding("alg.port-rewrite", seen, PORT_CANONICAL)
+    hops = seen.get("alg-port-hops")
+    if isinstance(hops, HopsObs):
+        from .packets import hop_reading
+
+        reading = hop_reading(hops)
+        finding.evidence.extend(f"alg-port-hops: {line}" for line in reading.lines)
+        finding.data.update({"rewritten_after_hop": reading.after_hop, "rewriting_hop_address": reading.address,
+                             "hops": [{"ttl": h.ttl, "address": h.address, "state": h.state} for h in hops.hops]})
+    return finding
 
 
 @rule("alg.eprt-rewrite", reads=("alg-eprt-crlf",))

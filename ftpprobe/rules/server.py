@@ -367,7 +367,7 @@ def port_foreign_accepted(seen: Seen) -> Finding:
     return Finding(quirk, "inconclusive", evidence + ["the reply could not be read as an FTP reply"])
 
 
-@rule("server.port-reset", reads=("port-own", "eprt-own"))
+@rule("server.port-reset", reads=("port-own", "eprt-own", "port-reset-source"))
 def port_reset(seen: Seen) -> Finding:
     """The server drops or resets the control connection on PORT (or EPRT).
 
@@ -416,9 +416,13 @@ def port_reset(seen: Seen) -> Finding:
         else:
             undecided = True
     evidence += _failed_lines(seen)
+    from .packets import reset_evidence  # who reset, from a packet capture (path.reset-injected)
+
+    who = reset_evidence(seen.get("port-reset-source"))
+    evidence += who
     if dropped:
-        return Finding(quirk, "present", evidence + [
-            "a reset sent by a firewall on the path looks the same from here"],
+        return Finding(quirk, "present", evidence + ([] if who else [
+            "a reset sent by a firewall on the path looks the same from here"]),
                        "the server, or a firewall in front of it, kills the session on PORT/EPRT: use passive "
                        "mode (PASV/EPSV), or find the firewall rule that drops active-mode commands")
     if answered and not undecided and not seen.failed:
