@@ -73,6 +73,15 @@ def escape(data: bytes) -> str:
 # --------------------------------------------------------------------------
 
 
+def _wire(text: str) -> bytes:
+    """``text`` as sent: latin-1 when it fits (so any byte value 0-255 can be
+    written as is), else UTF-8 (RFC 2640 §2.2), e.g. a password with a euro sign."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
 @dataclass(frozen=True)
 class Command:
     r"""One control-channel command with its exact wire spelling.
@@ -97,9 +106,9 @@ class Command:
 
     def encode(self) -> bytes:
         """The exact bytes to put on the wire."""
-        line = self.verb.encode("latin-1")
+        line = _wire(self.verb)
         if self.argument is not None:
-            line += self.separator + self.argument.encode("latin-1")
+            line += self.separator + _wire(self.argument)
         return line + self.trailer + self.line_ending
 
     def __bytes__(self) -> bytes:

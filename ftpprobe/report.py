@@ -79,7 +79,12 @@ def render_text(report, *, verbose: bool = False, width: int | None = None, colo
     out = _Text(width or terminal_width(), color)
     # The status line stays one line, whatever the width: scripts and mail subjects read it.
     if report.error:
-        out.lines.append(f"UNKNOWN: {report.target} -- the probe could not finish: {report.error}")
+        status = f"UNKNOWN: {report.target} -- the probe could not finish: {report.error}"
+        if len(status) <= out.width:
+            out.lines.append(status)
+        else:  # the reason on wrapped lines of its own
+            out.lines.append(f"UNKNOWN: {report.target} -- the probe could not finish:")
+            out.add(report.error, indent=2, hang=2)
         if not report.findings:
             return "\n".join(out.lines)
     else:

@@ -91,6 +91,8 @@ async def _observe(ctx: ProbeContext, probe: Probe) -> Observation:
         obs = await ACTIONS[probe.action](ctx, probe)
     except FtpProbeError as exc:
         obs = failed(probe.name, exc)
+    except OSError as exc:  # a local socket error (e.g. out of file descriptors): this probe only
+        obs = Failed(probe.name, error=f"local socket error: {exc.strerror or exc}", kind="protocol")
     obs = replace(obs, elapsed=round(time.monotonic() - started, 3))
     ctx.progress(f"{probe.name}: done in {obs.elapsed:g} s"
                  + (f" ({obs.error})" if isinstance(obs, Failed) else ""))

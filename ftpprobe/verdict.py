@@ -99,7 +99,8 @@ def _server_active(f: Mapping[str, Finding], observations: Mapping[str, Observat
         return ModeVerdict("active", "works", "the server's data connection arrived")
     for name in ("port-own", "eprt-own"):
         obs = observations.get(name)
-        if isinstance(obs, ActiveObs) and obs.exchange is not None and obs.exchange.negative:
+        # Only a permanent refusal (5xx) decides; a 4xx is transient (RFC 959 §4.2).
+        if isinstance(obs, ActiveObs) and obs.exchange is not None and (obs.exchange.code or 0) >= 500:
             return ModeVerdict("active", "fails", f"at PORT: the server refused it ({obs.exchange.describe()})")
     return ModeVerdict("active", "unknown", blocked.evidence[-1] if blocked and blocked.evidence
                        else "no active-mode probe ran")
@@ -130,7 +131,8 @@ def _reflector_active(f: Mapping[str, Finding], observations: Mapping[str, Obser
         return ModeVerdict("active", "works", "PORT " + ("rewritten by the router's ALG and " if rewritten else "")
                            + "the server's data connection arrived")
     obs = observations.get("alg-port-crlf")
-    if isinstance(obs, ReflectActiveObs) and obs.exchange is not None and obs.exchange.outcome != "reply":
+    # A reset on PORT is the path's answer; a timeout alone decides nothing.
+    if isinstance(obs, ReflectActiveObs) and obs.exchange is not None and obs.exchange.outcome in ("reset", "closed"):
         return ModeVerdict("active", "fails", f"at PORT: {obs.exchange.describe()}")
     return ModeVerdict("active", "unknown", _first(f, "path.active-blocked") or "no active probe decided")
 

@@ -354,6 +354,23 @@ def test_stall_split(verb_outcome, number_outcome, status):
         assert "split across TCP segments" in f.advice and "one write" in f.advice
 
 
+def test_stall_split_only_the_first_segment_reported_is_the_rest_held_back():
+    """The reflector reports an unterminated line after a pause: 'PO' of a split PORT."""
+    ex = Exchange(PORT, "reply", reply(200, "partial line"), segments=2, elapsed=0.6)
+    partial = ReflectActiveObs("alg-port-split-verb", exchange=ex, sent=PORT,
+                               reflection=Reflection(PORT[:2], (PUBLIC, 40000), (2,)), local=LOCAL,
+                               control_port=21, named=(LAN, 40000))
+    whole = act("alg-port-split-number", PORT, PORT_NAT)
+    f = run("alg.stall.split", partial, whole, act())
+    assert f.status == "present"
+    assert any("received only 'PO'" in e for e in f.evidence), f.evidence
+    # The same line arriving whole (in two reads) is no stall.
+    complete = ReflectActiveObs("alg-port-split-verb", exchange=Exchange(PORT, "reply", reply(200), segments=2),
+                                sent=PORT, reflection=Reflection(PORT_NAT, (PUBLIC, 40000), (2, len(PORT) - 2)),
+                                local=LOCAL, control_port=21, named=(LAN, 40000))
+    assert run("alg.stall.split", complete, whole, act()).status == "absent"
+
+
 def test_stall_split_one_variant_failed_none_stalled():
     f = run("alg.stall.split", act("alg-port-split-verb", PORT, PORT_NAT), failed("alg-port-split-number"), act())
     assert f.status == "inconclusive"
@@ -584,3 +601,18 @@ def test_fingerprint_rows_are_plain_text():
             assert value is None or isinstance(value, (str, int)), (key, value)
             if isinstance(value, str):
                 assert "None" not in value and "[" not in value and "(b'" not in value, (key, value)
+
+
+def test_active_blocked_a_425_after_an_accepted_port_is_blocked_but_too_many_is_not():
+    from ftpprobe.observations import ActiveObs
+
+    def server_obs(code, text):
+        listing = Exchange(b"LIST\r\n", "reply", reply(code, text))
+        return ActiveObs("port-own", exchange=answered(b"PORT 10,0,0,2,156,64\r\n", 200),
+                         listen=(LAN, 40000), control_port=21,
+                         transfer=Transfer(listing, expected=False, error="LIST got no 1xx reply"))
+
+    f = run("path.active-blocked", server_obs(425, "Failed to establish connection."))
+    assert f.status == "present" and any("(425)" in e for e in f.evidence)
+    assert run("path.active-blocked", server_obs(425, "Too many connections.")).status == "inconclusive"
+    assert run("path.active-blocked", server_obs(550, "No such file")).status == "inconclusive"

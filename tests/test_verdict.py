@@ -62,3 +62,20 @@ def test_reflector_pinhole_missing_and_passive_works_with_a_stall_note():
     assert v.active.state == "fails" and "data connection" in v.active.reason
     assert v.passive.state == "works"
     assert any("PASV \\n" in n for n in v.notes)
+
+
+def test_a_port_timeout_through_the_reflector_is_unknown_not_fails():
+    from ftpprobe.observations import ReflectActiveObs
+    timed_out = ReflectActiveObs("alg-port-crlf", exchange=Exchange(b"PORT 10,0,0,2,156,64\r\n", "timeout"))
+    v = verdict([F("path.passive-blocked", "present"), F("path.active-blocked", "inconclusive")],
+                {"alg-port-crlf": timed_out}, vantage="reflector")
+    assert v.active.state == "unknown"
+    assert not v.no_data_path
+
+
+def test_a_transient_4xx_to_port_is_unknown_not_fails():
+    transient = ActiveObs("port-own", exchange=Exchange(b"PORT 1,2,3,4,5,6\r\n", "reply",
+                                                        Reply(421, (b"421 busy",), b"421 busy\r\n")))
+    v = verdict([F("path.active-blocked", "inconclusive", ["PORT refused"])], {"port-own": transient},
+                vantage="server")
+    assert v.active.state == "unknown"

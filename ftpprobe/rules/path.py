@@ -485,6 +485,8 @@ def judge_stall(variant: ReflectObs, canonical: Observation | None, canonical_na
     timeout, retry answered (one lost packet) / retry reset / no retry   undecided
     reset / closed / malformed                                           undecided
     anything, the canonical line did not answer positively (or not run)  undecided
+    a split line of which the reflector reports only a strict prefix    stalled
+    (it reports an unterminated line after a pause): the rest held back  (held)
     ===================================================================  ==========
     """
     ex = variant.exchange
@@ -498,6 +500,13 @@ def judge_stall(variant: ReflectObs, canonical: Observation | None, canonical_na
         lines.append(f"canonical {canonical_name} on the same path did not work ({why}): nothing to compare with")
         return Stall("undecided", tuple(lines), command)
     lines.append(f"canonical {canonical_name}: {base_ex.describe()} in {base_ex.elapsed:.3g} s")
+    sent = _sent(variant) or ex.sent
+    reflection = getattr(variant, "reflection", None)
+    if (ex.outcome == "reply" and ex.segments > 1 and reflection is not None
+            and reflection.arrived != sent and sent.startswith(reflection.arrived)):
+        lines.append(f"the reflector received only '{escape(reflection.arrived)}' of '{escape(sent)}' "
+                     f"(reads {', '.join(map(str, reflection.reads)) or '?'} bytes): the rest was held back")
+        return Stall("stalled", tuple(lines), command, "held")
     if ex.outcome == "reply":
         return Stall("answered", tuple(lines), command)
     if ex.outcome != "timeout":
@@ -790,6 +799,13 @@ def _active_state(obs: ActiveObs | ReflectActiveObs) -> tuple[str, list[str]]:
     if t is None:
         return "undecided", lines + [f"{obs.probe}: LIST was not sent"]
     lines.append(f"{obs.probe}: {t.list_exchange.describe()}")
+    refusal = t.list_exchange.reply.text.lower() if t.list_exchange.reply is not None else ""
+    if (not t.expected and not t.connected and t.list_exchange.code == 425
+            and "too many" not in refusal and "limit" not in refusal):
+        # vsftpd, proftpd and pure-ftpd connect before they answer LIST, and
+        # answer 425 ("can't open data connection") when that failed.
+        return "blocked", lines + [f"{obs.probe}: the peer tried the data connection and could not open it "
+                                   "(425), and none arrived here"]
     if not t.expected:
         return "undecided", lines + [f"{obs.probe}: the peer did not start a transfer (no 1xx reply to LIST), so no "
                                      "data connection was due"]
@@ -818,7 +834,9 @@ def active_blocked(seen: Seen) -> Finding:
     ==============================================================  ============
     PORT/EPRT accepted, LIST 1xx (transfer expected), connected     arrived
     PORT/EPRT accepted, LIST 1xx, no connection arrived             blocked
-    PORT/EPRT accepted, LIST refused (no 1xx) or not sent           undecided
+    PORT/EPRT accepted, LIST 425 (the peer's connect failed; not    blocked
+    a "too many connections" refusal), no connection arrived
+    PORT/EPRT accepted, LIST refused otherwise, or not sent         undecided
     PORT/EPRT refused (4xx/5xx)                                     undecided
     PORT/EPRT timeout / reset / closed                              undecided
     ==============================================================  ============

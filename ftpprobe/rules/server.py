@@ -61,8 +61,8 @@ VARIANT_TABLE = """
     timeout twice, bytes never acknowledged and      ``inconclusive``: the path drops them
     retransmitted (TCP_INFO)                         before the server
     timeout twice, and a canonical NOOP afterwards   ``inconclusive``: the whole connection
-    got no answer either                             stalled, not only this line
-    timeout twice otherwise                          ``present``: never executed
+    got no answer either (or was not sent)           stalled, not only this line
+    timeout twice, the NOOP afterwards answered      ``present``: never executed
     reset or closed                                  ``inconclusive``, the reset as evidence
     malformed reply                                  ``inconclusive``
     ===============================================  =========================================
@@ -70,7 +70,8 @@ VARIANT_TABLE = """
     Why a double timeout is ``present``: the canonical line answered on the
     same path, the variant went unanswered twice in two fresh sessions (so
     not one lost packet), the kernel saw our bytes acknowledged (or could not
-    tell), and the session was still alive.  A server that buffers the line
+    tell), and the session was still alive (a NOOP sent after the variant was
+    answered).  A server that buffers the line
     and waits for an ending it never gets behaves exactly so, and for a
     client that sends this spelling the command never runs.  A 4xx reply is
     not ``present``: RFC 959 §4.2.1 makes it transient (the command may work
@@ -125,13 +126,13 @@ def _variant(seen: Seen, quirk: str, probe: str, *, stall: str, advice: str) -> 
                 "the line's bytes were never acknowledged and were retransmitted: something on the path "
                 "drops them before the server sees them (a router's FTP helper?); probe through a "
                 "reflector to tell which"])
-        if obs.alive_after is False:
+        if obs.alive_after is not True:
             return Finding(quirk, "inconclusive", evidence + [
                 "a canonical NOOP sent afterwards got no answer either: the whole connection stalled, "
-                "not only this line"])
+                "not only this line" if obs.alive_after is False else
+                "whether the session was still alive afterwards is unknown (no NOOP was sent)"])
         evidence.append("no answer in two sessions while the canonical line answered: " + stall)
-        if obs.alive_after:
-            evidence.append("a canonical NOOP sent afterwards was answered: the session was alive")
+        evidence.append("a canonical NOOP sent afterwards was answered: the session was alive")
         return Finding(quirk, "present", evidence, advice)
 
     if ex.outcome in ("reset", "closed"):
