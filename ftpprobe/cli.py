@@ -16,11 +16,11 @@ import contextlib
 import errno
 import json
 import sys
+import textwrap
 import traceback
 
 import click
 import trio
-from tabulate import tabulate
 
 from . import __version__
 from .catalog import load_catalog
@@ -28,7 +28,7 @@ from .errors import FtpProbeError, TargetError
 from .exporter import exporter_command
 from .findings import EXIT_PROBE_FAILED
 from .monitoring import THRESHOLD
-from .report import render_json, render_text
+from .report import render_json, render_text, terminal_width
 from .runner import run_probes
 from .target import DEFAULT_OTHER_PORT, Target, mask_userinfo, parse_target, reflector_target
 
@@ -540,9 +540,21 @@ def list_probes(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(tabulate([[r["name"], r["sends"], "\n".join(r["decides"]) or "-", r["summary"]] for r in rows],
-                        headers=["probe", "sends", "decides", "summary"], tablefmt="simple_grid",
-                        maxcolwidths=[None, 30, None, 50]))
+    # One block per probe, wrapped to the terminal: a grid of four columns cannot fit 80.
+    width = terminal_width()
+    for vantage in ("server", "reflector"):
+        shown = [(r, p) for r, p in zip(rows, probes) if p.vantage == vantage]
+        if not shown:
+            continue
+        click.echo("Against any FTP server (probe, map-pasv, check):" if vantage == "server" else
+                   "Through a reflector (fingerprint):")
+        for r, _ in shown:
+            click.echo(f"  {r['name']}")
+            for label, text in (("sends", r["sends"]), ("decides", ", ".join(r["decides"]) or "-"),
+                                ("what", r["summary"])):
+                click.echo(textwrap.fill(text, width, initial_indent=f"    {label + ':':<9}",
+                                         subsequent_indent=" " * 13, break_on_hyphens=False))
+        click.echo()
 
 
 @main.command(epilog="""\b

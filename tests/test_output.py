@@ -66,3 +66,11 @@ def test_fingerprint_without_a_reflector_says_how_to_start_one():
         done = run_cli("fingerprint", "--timeout", "1", f"127.0.0.1:{port}")
     assert done.returncode == 3
     assert "ftpprobe reflect --listen 0.0.0.0" in done.stdout
+
+
+def test_probe_catalog_listing_fits_80_columns():
+    done = run_cli("probes", env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "  pasv-space-lf" in lines and "Through a reflector (fingerprint):" in lines
