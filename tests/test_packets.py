@@ -29,7 +29,7 @@ def ipv4_tcp(src, dst, sport, dport, seq, flags, payload=b"", ttl=64, ip_id=1, w
 
 
 def test_parse_segment_and_icmp_quote():
-    packet = ipv4_tcp(*LOCAL, *PEER, 1000, PSH | ACK, b"PORT 10,0,0,2,1,2\r\n", ttl=1)
+    packet = ipv4_tcp(LOCAL[0], PEER[0], LOCAL[1], PEER[1], 1000, PSH | ACK, b"PORT 10,0,0,2,1,2\r\n", ttl=1)
     seg = parse_ipv4(packet + b"\0" * 6)  # link-layer padding ignored
     assert isinstance(seg, Segment) and seg.payload == b"PORT 10,0,0,2,1,2\r\n" and seg.ttl == 1
     icmp = bytes([11, 0, 0, 0, 0, 0, 0, 0]) + packet
