@@ -78,6 +78,7 @@ ACTION_NEEDS_COMMAND: dict[str, bool] = {
     "command": True, "passive": True, "active": True, "bounce": True, "auth-tls": True,
     "listing": False, "session-limit": False, "pasv-map": False,
     "reflect-active": True, "reflect-passive": True,
+    "tls": False, "tls-versions": False,  # FTPS (ftpprobe.tls)
     "reset-capture": True, "hops": True,  # the packet probes (ftpprobe.packet_actions)
 }
 PROBE_KEYS = {"name", "summary", "action", "login", "exclusive", "vantage", "decides", "command", "params"}

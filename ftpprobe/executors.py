@@ -94,6 +94,8 @@ class ProbeContext:
     other_port: int | None = None
     expect_reflector: bool = False
     password_sent_in_clear: bool = False
+    #: a session of this run sent PASS inside TLS (FTPS targets, and the ``tls`` probe)
+    password_sent_in_tls: bool = False
     pasv_samples: list[PassiveSample] = field(default_factory=list)
 
     #: The preflight's logged-in session, handed to the first probe that wants
@@ -129,16 +131,22 @@ class ProbeContext:
             self.limiter.release_on_behalf_of(self._spare_token)
 
     @asynccontextmanager
-    async def session(self, *, login: bool = True, port: int | None = None) -> AsyncIterator[ControlSession]:
+    async def session(self, *, login: bool = True, port: int | None = None,
+                      secure: bool | None = None) -> AsyncIterator[ControlSession]:
         """A greeted (and, if asked, logged-in) control session holding a limiter slot.
 
         A probe that wants a logged-in session on the target's port gets the
-        preflight's spare session if it is still unused.
+        preflight's spare session if it is still unused.  ``secure``: ``None``
+        as the target says (``ftps://``: implicit FTPS, ``ftpes://`` or
+        ``tls``: AUTH TLS before the login); ``False``: plain FTP (not
+        possible for implicit FTPS, which then stays TLS).
 
         Raises :class:`ConnectFailed`, :class:`LoginFailed`, :class:`SessionRefused`,
-        :class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`.
+        :class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`,
+        :class:`~ftpprobe.errors.TlsFailed`.
         """
-        if self._spare is not None and login and port in (None, self.target.port):
+        plain = secure is False and self.target.tls == "explicit"
+        if self._spare is not None and login and port in (None, self.target.port) and not plain:
             spare, self._spare = self._spare, None
             try:
                 yield spare
@@ -147,21 +155,28 @@ class ProbeContext:
                 self.limiter.release_on_behalf_of(self._spare_token)
             return
         async with self.limiter:
-            s = await self._establish(login, port or self.target.port)
+            s = await self._establish(login, port or self.target.port, plain=plain)
             try:
                 yield s
             finally:
                 await s.aclose()
 
-    async def _establish(self, login: bool, port: int) -> ControlSession:
+    async def _establish(self, login: bool, port: int, *, plain: bool = False) -> ControlSession:
         """Open, greet and log in.  On a 421 greeting the slot count shrinks by
         one and the session is retried after :data:`BACKOFF`; a greeting or
         login reply that never comes is retried once in a new session (a
-        single lost reply must not fail a whole probe)."""
+        single lost reply must not fail a whole probe).  FTPS targets: TLS
+        first (implicit), or AUTH TLS before the login (explicit, unless
+        ``plain``); the certificate is checked unless ``--insecure-tls``."""
+        from .tls import auth_tls
+
+        tls = "none" if plain else self.target.tls
         lost = 0
         for pause in (*BACKOFF, None):
             s = await ControlSession.open(self.target.host, port, self.timeout)
             try:
+                if tls == "implicit":
+                    await s.start_tls(self._context(), self.target.host)
                 greeting = await s.greet()
                 if self.expect_reflector and REFLECTOR_TAG not in greeting.text:
                     raise ProtocolError(f"{self.target.host} port {port} is not an ftpprobe reflector "
@@ -177,6 +192,8 @@ class ProbeContext:
                     continue
                 if greeting.code != 220:
                     raise ProtocolError(f"unexpected greeting {greeting.display(120)}")
+                if tls == "explicit":
+                    await auth_tls(s, self._context(), self.target.host)
                 if login:
                     await self.login(s)
                 return s
@@ -198,6 +215,18 @@ class ProbeContext:
             return await s.login(self.target.user, self.target.password)
         finally:
             self.password_sent_in_clear |= s.password_sent
+            self.password_sent_in_tls |= s.password_sent_in_tls
+
+    _tls_context: object = field(default=None, repr=False)
+
+    def _context(self):
+        """The run's TLS client context (one, so data connections can resume
+        its sessions): the certificate checked unless the target says not."""
+        if self._tls_context is None:
+            from .tls import client_context
+
+            self._tls_context = client_context(verify=self.target.tls_verify)
+        return self._tls_context
 
 
 Action = Callable[[ProbeContext, Probe], Awaitable[Observation]]
@@ -463,14 +492,16 @@ async def run_auth_tls(ctx: ProbeContext, probe: Probe) -> AuthTlsObs:
     :class:`FtpProbeError` when the session fails first.
     """
     assert probe.command is not None
-    async with ctx.session(login=False) as s:
+    # An explicit FTPS run: ask in a plain session, as a client would before AUTH TLS.
+    async with ctx.session(login=False, secure=False) as s:
         feat = await s.exchange(Command("FEAT"))
         feat_auth_tls = bool(feat.reply and feat.reply.code == 211 and "AUTH TLS" in feat.reply.text.upper())
         ex = await s.exchange(probe.command)
         exchanges = _evidence_exchanges(s)
     return AuthTlsObs(probe.name, exchanges=exchanges, feat_auth_tls=feat_auth_tls, exchange=ex,
                       user=ctx.target.user, anonymous=ctx.target.anonymous,
-                      password_sent_in_clear=ctx.password_sent_in_clear)
+                      password_sent_in_clear=ctx.password_sent_in_clear,
+                      password_sent_in_tls=ctx.password_sent_in_tls, tls_mode=ctx.target.tls)
 
 
 #: A refusal that says in words that a session limit was reached.
@@ -709,3 +740,23 @@ async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> ReflectPassive
 # The packet probes' actions (reset-capture, hops) live in their own module,
 # which registers them here; scapy itself stays behind ftpprobe.packets.
 from . import packet_actions  # noqa: E402,F401
+
+
+# -- FTPS (RFC 4217): the sessions and transfers live in ftpprobe.tls -------
+
+
+@action("tls")
+async def run_tls(ctx: ProbeContext, probe: Probe) -> Observation:
+    """PASV in clear text and inside TLS, the certificate, LIST over TLS data
+    connections with and without session reuse (:func:`ftpprobe.tls.observe_tls`)."""
+    from .tls import observe_tls
+
+    return await observe_tls(ctx, probe)
+
+
+@action("tls-versions")
+async def run_tls_versions(ctx: ProbeContext, probe: Probe) -> Observation:
+    """Each TLS version offered alone (:func:`ftpprobe.tls.observe_versions`)."""
+    from .tls import observe_versions
+
+    return await observe_versions(ctx, probe)

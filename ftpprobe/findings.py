@@ -58,6 +58,13 @@ QUIRKS: dict[str, tuple[Severity, str]] = {
     "server.cr-rejected": ("info", "a command ended by a bare CR is not executed"),
     "server.trailing-space-rejected": ("info", "a command with a trailing space before CRLF is refused"),
     "server.split-rejected": ("warning", "a command that arrives split across TCP segments is not executed"),
+    "server.pasv-relies-on-alg": ("warning", "inside TLS the 227 reply names another address than in clear text: "
+                                             "plain FTP works only because the router rewrites it"),
+    "server.tls-data-unreachable": ("warning", "passive ports reachable over plain FTP are not reachable for FTPS "
+                                               "sessions (opened by the router's FTP helper, not forwarded)"),
+    "server.tls-certificate": ("warning", "the server's certificate is expired, not yet valid, self-signed, for "
+                                          "another name, or has a weak key"),
+    "server.tls-protocol": ("info", "the TLS versions offered and whether data connections must reuse the TLS session"),
     "path.passive-blocked": ("warning", "passive data connections to the advertised ports fail from this vantage "
                                          "while the control connection works"),
     # changes since a baseline (ftpprobe check --baseline)

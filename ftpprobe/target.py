@@ -1,5 +1,10 @@
 """Targets: ``ftp://[user[:password]@]host[:port]/`` and where credentials come from.
 
+FTPS (RFC 4217): ``ftps://`` is implicit FTPS (TLS from the first byte, port
+990 by default), ``ftpes://`` explicit FTPS (``AUTH TLS`` on port 21), as
+curl, lftp and FileZilla name them; ``tls=True`` makes an ``ftp://`` target
+explicit FTPS.
+
 Credentials, in order: the URL, ``~/.netrc`` (or ``$NETRC``) for the host, the
 environment (``FTPPROBE_USER`` / ``FTPPROBE_PASSWORD``), then anonymous
 (RFC 1635).  A :class:`Target` never shows its password: not in ``repr``,
@@ -17,6 +22,9 @@ from dataclasses import dataclass, field
 from .errors import TargetError
 
 DEFAULT_PORT = 21
+IMPLICIT_TLS_PORT = 990
+#: scheme -> TLS mode of the target's sessions
+SCHEMES = {"ftp": "none", "ftpes": "explicit", "ftps": "implicit"}
 #: A reflector's second control port (one where a router's ALG may not act).
 DEFAULT_OTHER_PORT = 2121
 ANONYMOUS = ("anonymous", "ftpprobe@")
@@ -49,7 +57,10 @@ class Target:
     ``host`` is a name or an IP literal (without brackets), ``port`` the
     control port, ``user``/``password`` the login (``password`` hidden from
     every rendering), ``credential_source`` one of ``"url"``, ``"netrc"``,
-    ``"env"``, ``"anonymous"``.
+    ``"env"``, ``"anonymous"``.  ``tls``: ``none`` (plain FTP),
+    ``explicit`` (AUTH TLS, RFC 4217 §4) or ``implicit`` (TLS from the first
+    byte); ``tls_verify``: check the server's certificate (off only with
+    ``--insecure-tls``, for diagnosis).
     """
 
     host: str
@@ -57,14 +68,19 @@ class Target:
     user: str = ANONYMOUS[0]
     password: str = field(default=ANONYMOUS[1], repr=False)
     credential_source: str = "anonymous"
+    tls: str = "none"
+    tls_verify: bool = True
 
     @property
     def url(self) -> str:
-        """The URL without the password: ``ftp://user@host:port/``."""
+        """The URL without the password: ``ftp://user@host:port/`` (``ftps://``
+        implicit, ``ftpes://`` explicit FTPS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         user = "" if self.anonymous else urllib.parse.quote(self.user, safe="") + "@"
-        port = "" if self.port == DEFAULT_PORT else f":{self.port}"
-        return f"ftp://{user}{host}{port}/"
+        default = IMPLICIT_TLS_PORT if self.tls == "implicit" else DEFAULT_PORT
+        port = "" if self.port == default else f":{self.port}"
+        scheme = {v: k for k, v in SCHEMES.items()}.get(self.tls, "ftp")
+        return f"{scheme}://{user}{host}{port}/"
 
     @property
     def anonymous(self) -> bool:
@@ -74,7 +90,8 @@ class Target:
         return self.url
 
 
-def parse_target(text: str, *, use_netrc: bool = True, environ: dict[str, str] | None = None) -> Target:
+def parse_target(text: str, *, use_netrc: bool = True, environ: dict[str, str] | None = None,
+                 tls: bool = False, insecure_tls: bool = False) -> Target:
     """Parse ``ftp://[user[:password]@]host[:port]/`` (a bare ``host[:port]`` is
     accepted too) and resolve credentials.
 
@@ -84,6 +101,10 @@ def parse_target(text: str, *, use_netrc: bool = True, environ: dict[str, str] |
     accepted (the last ``@`` ends the user information, the first ``:`` ends
     the user name: e-mail addresses as user names are common), since that
     split is unambiguous.
+
+    ``ftps://`` (implicit FTPS, port 990) and ``ftpes://`` (explicit FTPS)
+    are accepted too; ``tls``: an ``ftp://`` URL is explicit FTPS;
+    ``insecure_tls``: do not check the server's certificate.
 
     Raises :class:`TargetError` naming the problem (wrong scheme, no host,
     bad port, user information that needs percent-encoding); the message
@@ -102,14 +123,20 @@ def parse_target(text: str, *, use_netrc: bool = True, environ: dict[str, str] |
         # re-parse without it so that only the host part can be echoed.
         raise TargetError(f"not a valid ftp:// URL ({_host_part_problem(raw)}); "
                           "expected ftp://[user[:password]@]host[:port]/") from None
-    if parts.scheme.lower() != "ftp":
-        raise TargetError(f"unsupported scheme {parts.scheme!r}: ftpprobe speaks plain FTP, give ftp://host[:port]/")
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise TargetError(f"unsupported scheme {parts.scheme!r}: give ftp://host[:port]/, ftps://host[:port]/ "
+                          "(implicit FTPS) or ftpes://host[:port]/ (explicit FTPS)")
+    mode = SCHEMES[scheme]
+    if tls and mode == "none":
+        mode = "explicit"
     host = parts.hostname
     if not host:
         raise TargetError("no host in URL; expected ftp://[user[:password]@]host[:port]/")
     if port == 0:
         raise TargetError("port 0 is not a valid control port")
-    port = port or DEFAULT_PORT
+    port = port or (IMPLICIT_TLS_PORT if mode == "implicit" else DEFAULT_PORT)
+    secure = {"tls": mode, "tls_verify": not insecure_tls}
 
     if parts.username is not None:
         user = urllib.parse.unquote(parts.username)
@@ -117,14 +144,14 @@ def parse_target(text: str, *, use_netrc: bool = True, environ: dict[str, str] |
         if parts.password is None:
             password = _netrc_password(host, user) if use_netrc else None
             password = password if password is not None else environ.get("FTPPROBE_PASSWORD", "")
-        return Target(host, port, user, password, "url")
+        return Target(host, port, user, password, "url", **secure)
     if use_netrc:
         found = _netrc_lookup(host)
         if found:
-            return Target(host, port, found[0], found[1], "netrc")
+            return Target(host, port, found[0], found[1], "netrc", **secure)
     if environ.get("FTPPROBE_USER"):
-        return Target(host, port, environ["FTPPROBE_USER"], environ.get("FTPPROBE_PASSWORD", ""), "env")
-    return Target(host, port)
+        return Target(host, port, environ["FTPPROBE_USER"], environ.get("FTPPROBE_PASSWORD", ""), "env", **secure)
+    return Target(host, port, **secure)
 
 
 def _reject_unencoded_userinfo(raw: str) -> None:

@@ -22,7 +22,8 @@ otherwise                                 the rule's own decision table
 ========================================  ============================================
 
 The rules live by vantage: :mod:`.server` (any FTP server), :mod:`.path`
-(through a reflector: NAT, ALG, firewall), :mod:`.passive` (the passive range).
+(through a reflector: NAT, ALG, firewall), :mod:`.passive` (the passive range),
+:mod:`.tls` (FTPS: what the server says in clear text and inside TLS).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ class RunFacts:
     ``peer``: the control peer's address (text); ``from_lan``: the prober is
     inside the site's LAN (``--from-lan``); ``passive_map``: the analysed
     passive map (:class:`ftpprobe.passive.PassiveMap`) or ``None``, shared by
-    the passive rules.
+    the passive rules; ``cert_warn_days``: a TLS certificate that expires
+    within this many days is reported (``check --cert-warn-days``).
     """
 
     peer: str = ""
     from_lan: bool = False
     passive_map: object | None = None
+    cert_warn_days: int = 14
 
 
 class Seen:
@@ -155,7 +158,7 @@ def infer(observations: Mapping[str, Observation], decided: list[str], facts: Ru
 
 def _load() -> None:
     # Importing the vantage modules registers their rules.
-    from . import passive, path, server  # noqa: F401
+    from . import passive, path, server, tls  # noqa: F401
     from . import packets  # noqa: F401  -- path.reset-injected (packet captures)
 
 

@@ -512,6 +512,8 @@ def cleartext_login(seen: Seen) -> Finding:
                                                   would cross the same way, and whether
                                                   AUTH TLS is offered
     no password crossed in clear                  ``absent``
+    the login went inside TLS (FTPS target:       ``absent``: the evidence says so
+    ``password_sent_in_tls``), none in clear
     AUTH TLS timeout, reset, malformed            no effect on the status: "unknown"
     ============================================  ==========================================
     """
@@ -524,6 +526,8 @@ def cleartext_login(seen: Seen) -> Finding:
         offered = "offered" if ex.code in (234, 334) else ("refused" if ex.negative else "unknown")
     else:
         offered = "unknown"
+    if obs.tls_mode == "implicit":
+        offered = "offered"  # implicit FTPS: the port speaks TLS from the first byte
     evidence = [f"auth-tls: {ex.describe()}" if ex is not None else "auth-tls: AUTH TLS was not sent",
                 f"FEAT lists AUTH TLS: {'yes' if obs.feat_auth_tls else 'no'}"]
     data = {"auth_tls": offered, "feat_auth_tls": obs.feat_auth_tls, "anonymous": obs.anonymous}
@@ -545,6 +549,9 @@ def cleartext_login(seen: Seen) -> Finding:
                      "AUTH TLS", tls_line]
     else:
         evidence += ["no session of this run sent a password in clear text", tls_line]
+    if obs.password_sent_in_tls and not obs.password_sent_in_clear:
+        evidence.insert(0, f"the login (USER {obs.user}) went inside TLS (RFC 4217 §4)")
+        return Finding(quirk, "absent", evidence, data={**data, "login_in_tls": True})
     advice = "" if offered == "offered" else "real users' passwords would cross in clear text: " + enable
     return Finding(quirk, "absent", evidence, advice, data=data)
 
