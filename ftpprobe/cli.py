@@ -260,10 +260,10 @@ def pcap_option(fn):
 
 
 def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc,
-         verbose=False, from_lan=False, pcap=None):
+         verbose=False, from_lan=False, pcap=None, tls=False, insecure_tls=False, cert_warn_days=14):
     """Probe ``url`` and exit with the report's code (an FtpProbeError is left
     to FtpProbeGroup: one line, exit 3)."""
-    target = parse_target(url, use_netrc=not no_netrc)
+    target = parse_target(url, use_netrc=not no_netrc, tls=tls, insecure_tls=insecure_tls)
     probes = _select(only)
     progress = _progress(not as_json)
     try:
@@ -271,11 +271,31 @@ def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address
             report = trio.run(lambda: run_probes(
                 target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
                 max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=progress,
-                from_lan=from_lan))
+                from_lan=from_lan, cert_warn_days=cert_warn_days))
     finally:
         progress.close()
     _show(report, as_json, verbose)
     sys.exit(report.exit_code)
+
+
+def insecure_tls_option(fn):
+    return click.option("--insecure-tls", is_flag=True,
+                        help="FTPS: go on when the server's certificate is refused (expired, self-signed, another "
+                             "name), for diagnosis; it is still reported. Off by default: a password is never "
+                             "sent to a server whose certificate was refused.")(fn)
+
+
+def cert_warn_days_option(fn):
+    return click.option("--cert-warn-days", type=click.IntRange(0, 3650), default=14, show_default=True,
+                        help="FTPS: report a certificate that expires within this many days (a warning).")(fn)
+
+
+def tls_options(fn):
+    """--tls, --insecure-tls, --cert-warn-days (probe, map-pasv)."""
+    fn = click.option("--tls", is_flag=True,
+                      help="Explicit FTPS: AUTH TLS (RFC 4217) before the login in every session, as ftpes:// "
+                           "does; ftps:// URLs are implicit FTPS (TLS from the first byte, port 990).")(fn)
+    return cert_warn_days_option(insecure_tls_option(fn))
 
 
 def from_lan_option(fn):
@@ -291,6 +311,7 @@ def from_lan_option(fn):
 @click.option("--only", metavar="NAMES", help="Comma-separated probe names to run (default: all).")
 @from_lan_option
 @pcap_option
+@tls_options
 @common_options
 def probe(url, samples, only, **options):
     """Probe an FTP server end to end and report its quirks.
@@ -309,6 +330,7 @@ def probe(url, samples, only, **options):
               help="Passive replies to sample.")
 @from_lan_option
 @pcap_option
+@tls_options
 @common_options
 def map_pasv(url, samples, **options):
     """Map a server's passive port range.
@@ -467,8 +489,10 @@ error, an internal error, or interrupted).""")
 @click.option("--deadline", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
               help="Seconds for the whole fleet.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when every site is OK (for cron mail).")
+@cert_warn_days_option
+@insecure_tls_option
 def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, warn_s, crit_s, timeout, samples,
-          max_connections, site_deadline, deadline, quiet):
+          max_connections, site_deadline, deadline, quiet, cert_warn_days, insecure_tls):
     """Health-check one site or a fleet: for cron, Nagios/Icinga and Prometheus.
 
     Each site gets a quick probe (passive range map, EPSV, LIST); with
@@ -477,8 +501,13 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
     findings of its own (change.* ids).  Credentials come from ~/.netrc,
     FTPPROBE_USER/FTPPROBE_PASSWORD, or a site's password_env in the targets
     file: never put them on the command line.
+
+    FTPS sites (ftps:// for implicit FTPS, ftpes:// or tls = true in the
+    targets file for AUTH TLS) also get their certificate checked (WARNING
+    when it expires within --cert-warn-days, CRITICAL once expired) and what
+    the router's FTP helper hides inside TLS.
     """
-    from .fleet import Site, check_sites, compare_baseline, load_baseline, load_targets
+    from .fleet import Site, check_sites, site_probes, compare_baseline, load_baseline, load_targets
     from .fleet import save_baseline as store_baseline
     from .monitoring import json_lines, nagios_output, prometheus_text, write_prometheus_file
 
@@ -487,11 +516,12 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
         sys.exit(3)
 
     try:
-        sites = load_targets(targets_file, defaults={"timeout": timeout, "samples": samples}) if targets_file else []
+        defaults = {"timeout": timeout, "samples": samples, "insecure_tls": insecure_tls}
+        sites = load_targets(targets_file, defaults=defaults) if targets_file else []
         for url in targets:
-            target = parse_target(url)
+            target = parse_target(url, insecure_tls=insecure_tls)
             name = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
-            sites.append(Site(name, target, timeout=timeout, samples=samples))
+            sites.append(Site(name, target, timeout=timeout, samples=samples, probes=site_probes(target)))
         if not sites:
             unknown("no targets: give ftp:// URLs or --targets FILE")
         old = load_baseline(baseline) if baseline else None
@@ -500,7 +530,8 @@ def check(targets, targets_file, baseline, save_baseline, fmt, prometheus_file, 
     progress = _progress(fmt == "nagios" and not quiet)
     try:
         results = trio.run(lambda: check_sites(sites, max_connections=max_connections, site_deadline=site_deadline,
-                                               deadline=deadline, progress=progress))
+                                               deadline=deadline, progress=progress,
+                                               cert_warn_days=cert_warn_days))
     finally:
         progress.close()
     if old is not None:

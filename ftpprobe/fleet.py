@@ -27,7 +27,30 @@ from .target import DEFAULT_OTHER_PORT, Target, parse_target, reflector_target
 CHECK_PROBES = ("pasv-map", "epsv", "list-format")
 BASELINE_FORMAT = "ftpprobe-baseline"
 BASELINE_VERSION = 1
-SITE_KEYS = {"name", "url", "reflector", "timeout", "samples", "probes", "password_env", "user_env"}
+SITE_KEYS = {"name", "url", "reflector", "timeout", "samples", "probes", "password_env", "user_env", "tls"}
+#: What an FTPS site (``ftps://``, ``ftpes://`` or ``tls = true``) gets besides :data:`CHECK_PROBES`.
+TLS_CHECK_PROBES = ("tls",)
+
+
+def _flag(value) -> bool:
+    """A TOML boolean, or a CSV cell: true/yes/1 (any case); raises ``ValueError`` otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0", ""):
+        return False
+    raise ValueError(f"tls must be true or false, not {value!r}")
+
+
+def site_probes(target: Target, probes=None) -> tuple[str, ...]:
+    """The probes a site gets: those named, else :data:`CHECK_PROBES`, plus
+    :data:`TLS_CHECK_PROBES` for an FTPS site (its certificate and what the
+    router hides inside TLS)."""
+    if probes is not None:
+        return tuple(probes)
+    return CHECK_PROBES + (TLS_CHECK_PROBES if target.tls != "none" else ())
 
 
 @dataclass
@@ -86,12 +109,13 @@ def _site_from(entry: dict, where: str, defaults: dict, environ, known: set[str]
     if merged.get("user_env"):
         env["FTPPROBE_USER"] = environ.get(merged["user_env"], "")
     try:
-        target = parse_target(str(merged["url"]), environ=env)
+        target = parse_target(str(merged["url"]), environ=env, tls=_flag(merged.get("tls", False)),
+                              insecure_tls=bool(merged.get("insecure_tls", False)))
         timeout = float(merged.get("timeout", 5.0))
         samples = int(merged.get("samples", 10))
     except (TargetError, ValueError) as exc:
         raise TargetError(f"{where}: {exc}") from None
-    probes = merged.get("probes", CHECK_PROBES)
+    probes = merged.get("probes") or site_probes(target)
     if isinstance(probes, str):
         probes = [p.strip() for p in probes.split(";") if p.strip()]
     if bad := [p for p in probes if p not in known]:
@@ -150,10 +174,13 @@ def load_targets(path: str, environ=None, defaults: dict | None = None) -> list[
 
 async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_per_site: int = 2,
                       deadline: float = 300.0, site_deadline: float = 60.0,
-                      progress=lambda message, done=None, total=None: None) -> list[SiteResult]:
+                      progress=lambda message, done=None, total=None: None,
+                      cert_warn_days: int = 14) -> list[SiteResult]:
     """Probe every site concurrently; never more than ``max_connections`` control
     sessions open at once.  A site that does not finish within ``site_deadline``
-    seconds, or before the overall ``deadline``, is reported down with the reason."""
+    seconds, or before the overall ``deadline``, is reported down with the reason.
+    ``cert_warn_days``: an FTPS site's certificate that expires within this
+    many days is a warning (``server.tls-certificate``)."""
     parallel = max(1, max_connections // sessions_per_site)
     limiter = trio.CapacityLimiter(parallel)
     catalog = {p.name: p for p in load_catalog(vantage="server")}
@@ -163,7 +190,8 @@ async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_
     async def one(site: Site) -> None:
         async with limiter:
             report = await run_probes(site.target, probes=[catalog[n] for n in site.probes], timeout=site.timeout,
-                                      deadline=site_deadline, samples=site.samples, max_sessions=sessions_per_site)
+                                      deadline=site_deadline, samples=site.samples, max_sessions=sessions_per_site,
+                                      cert_warn_days=cert_warn_days)
             router = None
             if site.reflector:
                 router = await run_probes(reflector_target(site.reflector), timeout=site.timeout,

@@ -128,13 +128,15 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                      deadline: float = 120.0, samples: int = 20, max_sessions: int = 4,
                      trust_pasv_address: bool = False, progress=lambda message, done=None, total=None: None,
                      vantage: str = "server", other_port: int | None = None,
-                     from_lan: bool = False) -> ProbeReport:
+                     from_lan: bool = False, cert_warn_days: int = 14) -> ProbeReport:
     """Probe ``target`` with ``probes`` (default: the catalog's probes of ``vantage``).
 
     ``vantage="reflector"``: ``target`` is an ``ftpprobe reflect`` server
     outside the NAT (``other_port`` its second control port) and the report
     carries the ALG fingerprint.  ``from_lan``: the prober is inside the
     site's LAN and ``target`` names its public address (decides path.hairpin).
+    ``cert_warn_days``: a TLS certificate expiring within this many days is
+    reported (``server.tls-certificate``).
 
     ``timeout``: seconds per connect/reply; ``deadline``: seconds for the whole
     run; ``samples``: passive replies for the mapping; ``max_sessions``:
@@ -197,7 +199,8 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     decided = [q for p in probes for q in p.decides]
     pmap = passive_map(observations)
     report.findings = infer(observations, list(dict.fromkeys(decided)),
-                            RunFacts(peer=report.peer, from_lan=from_lan, passive_map=pmap))
+                            RunFacts(peer=report.peer, from_lan=from_lan, passive_map=pmap,
+                                     cert_warn_days=cert_warn_days))
     report.passive = pmap.to_dict() if pmap else {}
     report.verdict = verdict(report.findings, observations, vantage="reflector" if vantage == "reflector" else "server")
     if vantage == "reflector":
