@@ -37,6 +37,9 @@ from .reflector import parse_declared, parse_reflection
 from .target import Target
 from .transport import ControlSession
 
+#: Seconds at most to wait for the NOOP that tells whether a session survived its variant.
+NOOP_WAIT = 2.0
+
 #: Back-off before retrying a session the server refused with 421, seconds.
 BACKOFF = (0.5, 1.0, 2.0)
 
@@ -289,7 +292,9 @@ async def run_command(ctx: ProbeContext, probe: Probe) -> CommandObs:
 
     A transient 4xx reply is retried in a new session after :data:`BACKOFF`
     (the prober's own concurrent sessions may be what the server counted).
-    After the variant, a canonical ``NOOP`` tells whether the session survived.
+    After the variant (answered or timed out), a canonical ``NOOP`` tells
+    whether the session survived (``alive_after``; it waits at most
+    :data:`NOOP_WAIT` seconds).
     A variant that got no reply (timeout) is sent once more in a new session
     (``retry``).  Raises :class:`FtpProbeError` when the first session fails
     before the variant is sent.
@@ -300,8 +305,11 @@ async def run_command(ctx: ProbeContext, probe: Probe) -> CommandObs:
         alive: bool | None = None
         async with ctx.session(login=probe.login) as s:
             ex = await s.exchange(probe.command, cuts=probe.cuts)
-            if ex.outcome == "reply":
-                alive = (await s.exchange(Command("NOOP"))).outcome == "reply"
+            if ex.outcome in ("reply", "timeout"):
+                # After a timeout too: a reply to NOOP shows the connection alive
+                # (the server held the line unexecuted), none shows it stalled.
+                noop = await s.exchange(Command("NOOP"), timeout=min(ctx.timeout, NOOP_WAIT))
+                alive = noop.outcome == "reply"
             exchanges += _evidence_exchanges(s)
         if not _transient(ex) or pause is None:
             break

@@ -243,7 +243,7 @@ class ControlSession:
                     return reply  # type: ignore[return-value]
                 if self._eof:
                     raise PeerClosed("connection closed by peer"
-                                     + (f" after {escape(self.reader.buffered[:60])!r}" if self.reader.buffered else ""))
+                                     + (f" after '{escape(self.reader.buffered[:60])}'" if self.reader.buffered else ""))
                 try:
                     data = await self.stream.receive_some(65536)
                 except (trio.BrokenResourceError, OSError) as exc:
@@ -268,7 +268,7 @@ class ControlSession:
         from .tls import handshake
 
         if self.reader.buffered:
-            raise ProtocolError(f"the server sent {escape(self.reader.buffered[:60])!r} after its AUTH TLS "
+            raise ProtocolError(f"the server sent '{escape(self.reader.buffered[:60])}' after its AUTH TLS "
                                 "reply, before the TLS handshake: refused")
         self.stream = self.tls = await handshake(self.tcp, context, server_hostname, self.timeout)
 
@@ -343,5 +343,5 @@ class ControlSession:
         if reply.code == 331 or reply.code == 332:
             reply = await self.command(Command("PASS", password, secret=True))
         if reply.code not in (230, 202):
-            raise LoginFailed(f"login as {user!r} refused: {reply.display(120)}")
+            raise LoginFailed(f"login as '{user}' refused: {reply.display(120)}")
         return reply
