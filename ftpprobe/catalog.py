@@ -80,6 +80,7 @@ ACTION_NEEDS_COMMAND: dict[str, bool] = {
     "reflect-active": True, "reflect-passive": True,
     "tls": False, "tls-versions": False,  # FTPS (ftpprobe.tls)
     "reset-capture": True, "hops": True,  # the packet probes (ftpprobe.packet_actions)
+    "reflect-variant": True, "reflect-reply": True, "reflect-syn": True,  # ftpprobe.implementation_actions
 }
 PROBE_KEYS = {"name", "summary", "action", "login", "exclusive", "vantage", "decides", "command", "params"}
 COMMAND_KEYS = {"verb", "argument", "separator", "trailer", "line_ending", "cuts"}

@@ -768,3 +768,7 @@ async def run_tls_versions(ctx: ProbeContext, probe: Probe) -> Observation:
     from .tls import observe_versions
 
     return await observe_versions(ctx, probe)
+
+# The probes that tell ALG implementations apart (reflect-variant, reflect-reply,
+# reflect-syn) live in ftpprobe.implementation_actions, which registers them here.
+from . import implementation_actions as _implementation  # noqa: E402,F401

@@ -65,6 +65,10 @@ QUIRKS: dict[str, tuple[Severity, str]] = {
     "server.tls-certificate": ("warning", "the server's certificate is expired, not yet valid, self-signed, for "
                                           "another name, or has a weak key"),
     "server.tls-protocol": ("info", "the TLS versions offered and whether data connections must reuse the TLS session"),
+    "alg.pipeline-blind": ("info", "the ALG inspects only the first command of a TCP segment: a PORT pipelined "
+                                  "after another command passes unrewritten"),
+    "alg.implementation": ("info", "which ALG implementation the fingerprint matches (Linux, BSD libalias, a userland "
+                                   "proxy, a strict inspecting firewall), with the probes that agree and disagree"),
     "path.passive-blocked": ("warning", "passive data connections to the advertised ports fail from this vantage "
                                          "while the control connection works"),
     # changes since a baseline (ftpprobe check --baseline)

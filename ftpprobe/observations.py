@@ -645,3 +645,76 @@ def non_routable(address: str) -> bool:
     addr = ipaddress.ip_address(address)
     return any(addr.version == net.version and addr in net for net in NON_ROUTABLE)
 
+
+
+# -- telling ALG implementations apart (ftpprobe.implementation_actions) -------------
+
+
+@dataclass(frozen=True)
+class ReflectVariantObs(ReflectActiveObs):
+    """PORT/EPRT to the reflector written in one TCP segment together with
+    another command, or naming a chosen port, with no transfer after it
+    (action ``reflect-variant``).
+
+    The inherited fields describe the PORT/EPRT line (``sent`` is that line
+    alone; ``exchange.sent`` everything written).  ``companion_sent``: the
+    other line written in the same segment (empty if none); ``position``:
+    ``before`` (it preceded PORT) or ``after``; ``companion``: its reply,
+    or why none came; ``companion_reflection``: what the reflector received
+    for it.
+    """
+
+    companion_sent: bytes = b""
+    position: str = "after"
+    companion: Exchange | None = None
+    companion_reflection: Reflection | None = None
+
+
+@dataclass(frozen=True)
+class ReflectReplyObs(Observed):
+    """A command the reflector answers with a fixed text (action ``reflect-reply``),
+    e.g. SYST: does the reply arrive as the reflector wrote it?
+
+    ``exchange``: the command and its reply; ``expected``: the text the
+    reflector writes (after the code); ``control_port``: the reflector port.
+    """
+
+    exchange: Exchange | None = None
+    expected: str = ""
+    control_port: int = 21
+
+
+@dataclass(frozen=True)
+class SynSeen:
+    """The TCP SYN of the control connection as the reflector received it:
+    ``ttl`` (hops left), ``window`` (bytes, unscaled), ``mss`` (bytes, 0
+    absent), ``wscale`` (shift, -1 absent), ``options`` (kinds in order)."""
+
+    ttl: int
+    window: int
+    mss: int = 0
+    wscale: int = -1
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SynObs(Observed):
+    """Our control connection's SYN against the SYN the reflector received
+    (action ``reflect-syn``): is the connection at the reflector ours, or one
+    a middlebox opened (a proxy)?
+
+    ``sent_mss``: the MSS our SYN advertised (bytes; set with TCP_MAXSEG);
+    ``sent_ttl``: the IP TTL / hop limit we sent with; ``seen``: what the
+    reflector saw (``None``: it could not say); ``exchange``: the
+    ``SITE FTPPROBE-SYN`` command and its reply; ``local``: our end.
+    """
+
+    sent_mss: int = 0
+    sent_ttl: int = 0
+    seen: SynSeen | None = None
+    exchange: Exchange | None = None
+    local: Address | None = None
+    control_port: int = 21
+
+
+Observation = Observation | ReflectVariantObs | ReflectReplyObs | SynObs

@@ -14,6 +14,14 @@ the reads in which the line arrived (the segment boundaries as received).
   reflector connect back, **to the control peer's address only** (never the
   address inside PORT), on the port PORT named, and send a token: proof that
   the pinhole works.
+* ``SYST`` is answered ``215 UNIX Type: L8`` (a fixed text, so a firewall
+  that masks the reply, as Cisco ASA's FTP inspection does by default, is
+  visible); ``SITE FTPPROBE-SYN`` is answered with the TCP SYN that opened
+  the control connection as it arrived (IP TTL, window, MSS, window scale,
+  option order; Linux ``TCP_SAVE_SYN``): a middlebox that terminates TCP and
+  opens a connection of its own (a proxy) shows there.
+* It listens on every IPv4 and IPv6 address by default (``host`` empty), or
+  on each address of a comma-separated list.
 
 Safe to leave on the internet: at most ``max_sessions`` sessions in all and
 ``per_address`` from one address, at most ``rate`` new sessions a minute from
@@ -93,7 +101,8 @@ class ReflectorLimits:
 
 @dataclass
 class Reflector:
-    """The reflector server.  ``host``: address to listen on; ``ports``: control
+    """The reflector server.  ``host``: address(es) to listen on, comma-separated
+    (empty: every IPv4 and IPv6 address, one socket per family); ``ports``: control
     ports; ``journal``: optional path of a JSON-lines record of every line seen
     (for the lab tests and for operators; rotated at ``limits.journal_bytes``);
     ``limits``: :class:`ReflectorLimits`.
@@ -104,7 +113,7 @@ class Reflector:
     (time of the last refusal logged, by address) are its live state.
     """
 
-    host: str = "0.0.0.0"
+    host: str = ""
     ports: tuple[int, ...] = (21, 2121)
     limits: ReflectorLimits = field(default_factory=ReflectorLimits)
     journal: str | None = None
@@ -130,14 +139,18 @@ class Reflector:
         nothing a client does makes it raise.
         """
         listeners = []
+        hosts = [h.strip() for h in self.host.split(",") if h.strip()] or [None]
         try:
             for port in self.ports:
-                listeners += await trio.open_tcp_listeners(port, host=self.host)
+                for host in hosts:
+                    listeners += await trio.open_tcp_listeners(port, host=host)
         except OSError:
             for listener in listeners:
                 await listener.aclose()
             raise
-        self.bound_ports = [lst.socket.getsockname()[1] for lst in listeners]
+        for listener in listeners:
+            save_syn(listener.socket)
+        self.bound_ports = list(dict.fromkeys(lst.socket.getsockname()[1] for lst in listeners))
         log.info("reflector listening on %s ports %s", self.host, ",".join(map(str, self.bound_ports)))
         task_status.started(self.bound_ports)
         try:
@@ -278,6 +291,9 @@ class _Session:
         # The one passive listener, and the scope of the task serving it.
         self.passive_listener: trio.socket.SocketType | None = None
         self.passive_scope: trio.CancelScope | None = None
+        # The SYN that opened this connection, as it arrived (read once: the
+        # kernel frees it after the first read).
+        self.syn: SynInfo | None = saved_syn(stream.socket)
 
     async def send(self, text: str) -> None:
         with trio.fail_after(self.server.limits.idle):
@@ -362,6 +378,13 @@ class _Session:
             return 0, ""
         if verb in (b"USER", b"PASS"):
             return 230, "ok: the reflector needs no login"
+        if verb == b"SYST":
+            return 215, SYST_TEXT
+        if verb == b"SITE" and line[4:].strip().upper() == b"FTPPROBE-SYN":
+            if self.syn is None:
+                return 502, "the SYN of this connection is not known here (needs Linux TCP_SAVE_SYN)"
+            entry["syn"] = self.syn.describe()
+            return 200, f"syn {self.syn.describe()}"
         return 200, "seen"
 
     async def passive(self, extended: bool, entry: dict) -> tuple[int, str]:
@@ -494,3 +517,105 @@ def parse_declared(reply_text: str) -> tuple[str | None, int] | None:
             except ValueError:
                 return None
     return None
+
+
+#: The text of the reflector's SYST reply (RFC 959 §4.1.3; the usual UNIX
+#: answer): a middlebox that masks it (Cisco ASA ``mask-syst-reply``) shows.
+SYST_TEXT = "UNIX Type: L8"
+
+# Linux include/uapi/linux/tcp.h: keep the SYN of each accepted connection
+# (TCP_SAVE_SYN, since Linux 4.2) and read it once (TCP_SAVED_SYN).
+TCP_SAVE_SYN, TCP_SAVED_SYN = 27, 28
+
+
+def save_syn(sock) -> bool:
+    """Ask the kernel to keep the SYN of every connection ``sock`` (a listener)
+    accepts.  False where the platform cannot (not Linux): the reflector then
+    answers ``SITE FTPPROBE-SYN`` with 502.  Never raises."""
+    try:
+        sock.setsockopt(6, TCP_SAVE_SYN, 1)  # IPPROTO_TCP
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class SynInfo:
+    """One TCP SYN as it arrived: ``ttl`` (IPv4 TTL or IPv6 hop limit, hops
+    left), ``window`` (raw TCP window, bytes, unscaled), ``mss`` (the MSS
+    option, bytes; 0 when absent), ``wscale`` (the window scale shift; -1
+    when absent), ``options`` (option kinds in order: ``mss``, ``nop``,
+    ``wscale``, ``sackok``, ``ts``, ``eol`` or ``kN``)."""
+
+    ttl: int
+    window: int
+    mss: int = 0
+    wscale: int = -1
+    options: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``ttl=63 window=64240 mss=1000 wscale=7 options=mss,sackok,ts,nop,wscale``."""
+        return (f"ttl={self.ttl} window={self.window} mss={self.mss} wscale={self.wscale} "
+                f"options={','.join(self.options) or '-'}")
+
+
+_OPTION_NAMES = {0: "eol", 1: "nop", 2: "mss", 3: "wscale", 4: "sackok", 8: "ts"}
+
+
+def parse_syn(packet: bytes) -> SynInfo | None:
+    """A :class:`SynInfo` from the IP and TCP headers of a SYN (RFC 791 /
+    RFC 8200 / RFC 9293 §3.1); ``None`` if they are truncated or not IPv4/IPv6."""
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if len(packet) < ihl + 20:
+            return None
+        ttl, tcp = packet[8], packet[ihl:]
+    elif version == 6:
+        if len(packet) < 60:
+            return None
+        ttl, tcp = packet[7], packet[40:]  # extension headers: none on a SYN in practice
+    else:
+        return None
+    window = int.from_bytes(tcp[14:16], "big")
+    end = min(len(tcp), (tcp[12] >> 4) * 4)
+    mss, wscale, names, i = 0, -1, [], 20
+    while i < end:
+        kind = tcp[i]
+        names.append(_OPTION_NAMES.get(kind, f"k{kind}"))
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or tcp[i + 1] < 2:
+            break
+        length = tcp[i + 1]
+        if kind == 2 and length == 4:
+            mss = int.from_bytes(tcp[i + 2:i + 4], "big")
+        elif kind == 3 and length == 3:
+            wscale = tcp[i + 2]
+        i += length
+    return SynInfo(ttl, window, mss, wscale, tuple(names))
+
+
+def saved_syn(sock) -> SynInfo | None:
+    """The SYN the kernel kept for an accepted connection (see :func:`save_syn`),
+    or ``None`` (not kept, already read, not Linux).  Never raises."""
+    try:
+        return parse_syn(sock.getsockopt(6, TCP_SAVED_SYN, 512))
+    except (OSError, AttributeError, IndexError):
+        return None
+
+
+def parse_syn_reply(text: str) -> SynInfo | None:
+    """The :class:`SynInfo` in a reflector's reply to ``SITE FTPPROBE-SYN``
+    (``... syn ttl=.. window=.. mss=.. wscale=.. options=..``), or ``None``."""
+    fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+    try:
+        return SynInfo(int(fields["ttl"]), int(fields["window"]), int(fields["mss"]), int(fields["wscale"]),
+                       tuple(o for o in fields.get("options", "").split(",") if o and o != "-"))
+    except (KeyError, ValueError):
+        return None

@@ -160,6 +160,7 @@ def _load() -> None:
     # Importing the vantage modules registers their rules.
     from . import passive, path, server, tls  # noqa: F401
     from . import packets  # noqa: F401  -- path.reset-injected (packet captures)
+    from . import implementation  # noqa: F401  -- alg.implementation, alg.pipeline-blind (signatures/)
 
 
 _load()
