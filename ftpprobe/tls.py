@@ -82,7 +82,8 @@ def tls_error(exc: BaseException, what: str) -> FtpProbeError:
     """
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return TlsFailed(f"{what}: the server's certificate was refused: {cause.verify_message}",
+        return TlsFailed(f"{what}: the server's certificate was refused: {cause.verify_message} "
+                         "(--insecure-tls goes on anyway, for diagnosis)",
                          verify_code=cause.verify_code or 0, verify_message=cause.verify_message or "")
     if isinstance(cause, ssl.SSLEOFError) or getattr(cause, "reason", "") == "UNEXPECTED_EOF_WHILE_READING":
         return PeerClosed(f"{what}: connection closed by peer during the TLS handshake")
@@ -444,6 +445,9 @@ async def observe_versions(ctx: ProbeContext, probe: Probe) -> TlsVersionsObs:
     outcomes: list[TlsVersionOutcome] = []
     async with ctx.limiter:
         for name in VERSIONS:
+            if outcomes and outcomes[-1].outcome == "no-tls":
+                outcomes.append(TlsVersionOutcome(name, "no-tls", outcomes[-1].detail))  # asked once is enough
+                continue
             try:
                 context = client_context(verify=False, version=name)
             except (ValueError, ssl.SSLError) as exc:

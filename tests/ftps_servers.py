@@ -25,7 +25,7 @@ from peers import PEERS, DebianServer, Unavailable, binary
 DAY = dt.timedelta(days=1)
 
 
-class TestCA:
+class CertAuthority:
     """A certificate authority made for one test run, in ``folder``.
 
     :meth:`issue` writes a server certificate and key (PEM) signed by it;
@@ -181,7 +181,6 @@ ScoreboardFile {run}/scoreboard
 DelayTable none
 WtmpLog off
 UseReverseDNS off
-IdentLookups off
 AuthPAM off
 AuthOrder mod_auth_unix.c
 RequireValidShell off
@@ -231,4 +230,4 @@ TLSLog {run}/tls.log
         self.dir.cleanup()
 
 
-__all__ = ["TestCA", "vsftpd_tls", "PureFtpdTls", "ProftpdTls", "Unavailable", "DebianServer", "binary"]
+__all__ = ["CertAuthority", "vsftpd_tls", "PureFtpdTls", "ProftpdTls", "Unavailable", "DebianServer", "binary"]
