@@ -159,8 +159,7 @@ def certificate_info(der: bytes) -> CertificateInfo | None:
             str(ip) for ip in san.get_values_for_type(x509.IPAddress))
     except (x509.ExtensionNotFound, ValueError):
         names = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))
-    before = getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before.replace(tzinfo=_utc())
-    after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=_utc())
+    before, after = cert.not_valid_before_utc, cert.not_valid_after_utc  # cryptography >= 42
     try:
         key = cert.public_key()
     except (ValueError, TypeError):  # an algorithm this cryptography does not know
@@ -185,12 +184,6 @@ def certificate_info(der: bytes) -> CertificateInfo | None:
                            names=names, not_before=before.timestamp(), not_after=after.timestamp(),
                            key_type=key_type, key_bits=bits, signature_hash=digest.name if digest else "",
                            self_signed=cert.subject == cert.issuer, fingerprint=hashlib.sha256(der).hexdigest())
-
-
-def _utc():
-    import datetime as dt
-
-    return dt.timezone.utc
 
 
 # -- sessions ---------------------------------------------------------------------------
