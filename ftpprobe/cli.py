@@ -588,6 +588,11 @@ def list_probes(as_json):
         click.echo()
 
 
+#: ``demo --router``: name -> the emulated middlebox's personalities (ftpprobe.middlebox).
+DEMO_ROUTERS = {"seed": ("stall-space-lf", "canonical-port"), "libalias": ("libalias",),
+                "userland-proxy": ("userland-proxy",), "strict-firewall": ("strict-firewall",), "none": ()}
+
+
 @main.command(epilog="""\b
 The demo exits 1 on purpose: its server allows a password login in clear
 text and its router stalls on 'PASV \\n'.
@@ -596,7 +601,11 @@ text and its router stalls on 'PASV \\n'.
 @click.option("--json", "as_json", is_flag=True, help='One JSON object on stdout: {"server": ..., "router": ...}.')
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
               help="Seconds for each reply (the stall probes wait this long).")
-def demo(as_json, timeout):
+@click.option("--router", type=click.Choice(sorted(DEMO_ROUTERS)), default="seed", show_default=True,
+              help="The emulated router: 'seed' (stalls after 'PASV \\n', rewrites PORT whole), 'libalias' (BSD "
+                   "natd/ipfw nat), 'userland-proxy' (OpenBSD ftp-proxy), 'strict-firewall' (Cisco ASA inspect ftp "
+                   "strict) or 'none' (NAT without an ALG).")
+def demo(as_json, timeout, router="seed"):
     """Probe a real pyftpdlib server and fingerprint an emulated router, all on loopback.
 
     The server has a deliberately small passive range (10 ports), a limit of
@@ -610,7 +619,7 @@ def demo(as_json, timeout):
     from .demo import PyftpdlibServer, emulated_router_fingerprint
     from .target import Target
 
-    personalities = ("stall-space-lf", "canonical-port")
+    personalities = DEMO_ROUTERS[router]
     low = random.randrange(40000, 60000, 10)
     with PyftpdlibServer(passive_ports=(low, low + 9), max_cons=5) as server:
         target = Target(server.host, server.port, server.user, server.password, "demo")
@@ -632,7 +641,7 @@ def demo(as_json, timeout):
     else:
         color = sys.stdout.isatty()
         click.echo(render_text(report, color=color))
-        click.echo(f"\nThrough an emulated router ({', '.join(personalities)}):\n")
+        click.echo(f"\nThrough an emulated router ({', '.join(personalities) or 'NAT without an ALG'}):\n")
         click.echo(render_text(router, color=color))
     sys.exit(max(report.exit_code, router.exit_code))
 

@@ -14,6 +14,31 @@ Personalities (combine several):
   of its own, and forwards the data connection that arrives there to the
   client: a working pinhole, unlike a plain NAT.
 
+* ``libalias`` -- FreeBSD's libalias (``sys/netinet/libalias/alias_ftp.c``),
+  packet by packet: a segment is parsed only if it is at most 128 bytes and
+  the previous one ended in CRLF (``AliasHandleFtpOut``); it must start with
+  ``PORT ``/``EPRT `` in any case (``ParseFtpPortCommand``, any non-digit
+  ends the last number); a PORT naming another address than the client's or
+  a port below 1024 is left alone (``NewFtpMessage``); otherwise the whole
+  segment becomes ``PORT a,b,c,d,p1,p2\r\n`` (whatever else it held is lost).
+* ``userland-proxy`` -- OpenBSD's ftp-proxy (``usr.sbin/ftp-proxy/ftp-proxy.c``):
+  a new TCP connection (its own SYN: the client's MSS is not carried over),
+  whole lines (``getline``: up to LF, 500 bytes), PORT/EPRT regenerated with
+  the proxy's address and a port of its own whatever address the line named
+  (``client_parse_cmd``/``proxy_reply``); a port below 1024 or one it cannot
+  read (``parse_port`` scans back to the last space, so a trailing space
+  fails) ends the session.
+* ``strict-firewall`` -- Cisco ASA ``inspect ftp strict`` (ASA CLI
+  configuration guide, "Using the strict Option"): a command not ended by
+  CRLF, a second command before the first was answered (pipelined or
+  embedded), more than 8 bytes after the PORT numbers, a PORT without five
+  commas or naming a port below 1024 close the connection; PORT numbers are
+  rewritten (the rest of the line kept); the SYST reply is masked with X.
+
+Every personality but ``userland-proxy`` opens its outward connection with
+the MSS of the client's SYN (``TCP_SAVE_SYN``), as a NAT forwards the
+client's own SYN.
+
 The proxy connects outward from ``outward_host`` (e.g. 127.0.0.2), so the far
 end sees a source address other than the client's: NAT, on loopback.
 
@@ -27,14 +52,17 @@ NAT does.
 from __future__ import annotations
 
 import logging
+import re
+import socket
 from dataclasses import dataclass, field
 
 import trio
 
 from .codec import encode_eprt, encode_port, parse_eprt, parse_port
 from .errors import ProtocolError
+from .reflector import saved_syn, save_syn
 
-PERSONALITIES = ("stall-space-lf", "psw", "canonical-port")
+PERSONALITIES = ("stall-space-lf", "psw", "canonical-port", "libalias", "userland-proxy", "strict-firewall")
 
 log = logging.getLogger("ftpprobe.middlebox")
 
@@ -74,6 +102,8 @@ class Middlebox:
         """Proxy until cancelled.  Raises ``OSError`` if the port cannot be bound;
         nothing a client or the upstream does makes it raise."""
         listeners = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
+        for listener in listeners:
+            save_syn(listener.socket)
         self.bound_port = listeners[0].socket.getsockname()[1]
         task_status.started(self.bound_port)
         await trio.serve_listeners(self._handle, listeners)
@@ -100,8 +130,11 @@ class Middlebox:
                 self._idle.set()
 
     async def _relay(self, client: trio.SocketStream) -> None:
+        syn = saved_syn(client.socket)
+        # A NAT forwards the client's own SYN: carry its MSS over (a proxy does not).
+        mss = syn.mss if syn is not None and "userland-proxy" not in self.personalities else 0
         try:
-            server = await _open_from(self.outward_host, self.upstream_host, self.upstream_port)
+            server = await _open_from(self.outward_host, self.upstream_host, self.upstream_port, mss)
         except OSError:
             return  # serve_listeners closes the client
         flow = _Flow(self, client, server)
@@ -114,9 +147,16 @@ class Middlebox:
                 nursery.start_soon(flow.server_to_client)
 
 
-async def _open_from(source: str, host: str, port: int) -> trio.SocketStream:
+async def _open_from(source: str, host: str, port: int, mss: int = 0) -> trio.SocketStream:
+    """Connect from ``source`` to ``host``:``port``, advertising ``mss``
+    bytes in the SYN when given.  Raises ``OSError``."""
     sock = trio.socket.socket()
     try:
+        if mss:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+            except OSError:
+                pass  # beyond what the kernel accepts (e.g. loopback's 65495): its default then
         await sock.bind((source, 0))
         await sock.connect((host, port))
     except OSError:
@@ -135,22 +175,43 @@ class _Flow:
         self.held.set()  # set: server traffic flows
         self.nursery: trio.Nursery | None = None
         self.pinhole: trio.CancelScope | None = None  # the flow's one PORT pinhole
+        self.closing = False        # a personality decided to end the flow
+        self.wait_crlf = False      # libalias: the previous segment did not end in CRLF
+        self.awaiting = False       # strict-firewall: a command not yet answered
+        self.last_verb = b""        # strict-firewall: the last command's verb (SYST masking)
 
     async def client_to_server(self) -> None:
         """Relay (and transform) the client's lines.  On the client's EOF, pass
         the half-close on and leave the flow to the server's side: the
         client still reads the replies to what it sent."""
         buffer = bytearray()
+        p = self.box.personalities
         try:
             while True:
                 data = await self.client.receive_some(4096)
                 if not data:
                     break
+                if "libalias" in p:  # packet by packet, never line by line
+                    await self.server.send_all(await self.libalias_segment(data))
+                    continue
+                if "strict-firewall" in p and not await self.strict_check(bytes(buffer) + data):
+                    return  # connection closed
                 buffer += data
+                if "userland-proxy" in p and buffer.find(b"\n") < 0 and len(buffer) > PROXY_MAX_LINE:
+                    return  # ftp-proxy getline(): "command too long", end_session()
                 while (nl := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[: nl + 1])
                     del buffer[: nl + 1]
-                    await self.server.send_all(await self.transform(line))
+                    if "userland-proxy" in p:
+                        out = await self.proxy_line(line)
+                        if out is None:
+                            return  # ftp-proxy ended the session
+                        await self.server.send_all(out)
+                        continue
+                    out = await self.transform(line)
+                    if self.closing:
+                        return  # a strict personality closes the connection
+                    await self.server.send_all(out)
                 if len(buffer) > self.box.max_line:
                     await self.server.send_all(bytes(buffer))
                     buffer.clear()
@@ -159,6 +220,9 @@ class _Flow:
             await self.server.send_eof()
         except PEER_ERRORS:
             self.nursery.cancel_scope.cancel()
+        finally:
+            if self.closing:
+                self.nursery.cancel_scope.cancel()
 
     async def server_to_client(self) -> None:
         """Relay the server's bytes (held while a stall personality holds them);
@@ -169,6 +233,8 @@ class _Flow:
                 if not data:
                     break
                 await self.held.wait()
+                if "strict-firewall" in self.box.personalities:
+                    data = self.strict_reply(data)
                 await self.client.send_all(data)
         except PEER_ERRORS:
             pass
@@ -177,6 +243,8 @@ class _Flow:
 
     async def transform(self, line: bytes) -> bytes:
         p = self.box.personalities
+        if "strict-firewall" in p:
+            return await self.strict_line(line)
         if "stall-space-lf" in p:
             if line.upper() == b"PASV \n":
                 self.held = trio.Event()  # hold the server's traffic ...
@@ -198,6 +266,16 @@ class _Flow:
         client_host = self.client.socket.getpeername()[0]
         if str(address) != client_host:
             return line  # like nf_nat_ftp: no pinhole for a third party
+        outward_port = await self.open_pinhole(port)
+        if verb == b"PORT":
+            return f"PORT {encode_port(self.box.outward_host, outward_port)}\r\n".encode()
+        return f"EPRT {encode_eprt(self.box.outward_host, outward_port)}\r\n".encode()
+
+    async def open_pinhole(self, port: int) -> int:
+        """Listen on a port of the outward address and forward the one data
+        connection that arrives there to the client's ``port``; returns the
+        outward port.  Raises ``OSError`` if no port can be opened."""
+        client_host = self.client.socket.getpeername()[0]
         # One pinhole per flow, as nf_conntrack_ftp's max_expected = 1: a new
         # PORT replaces the previous one, so a PORT flood cannot pile up sockets.
         if self.pinhole is not None:
@@ -209,12 +287,100 @@ class _Flow:
         except OSError:
             listener.close()
             raise
-        outward_port = listener.getsockname()[1]
         self.pinhole = trio.CancelScope(deadline=trio.current_time() + 30)
         self.nursery.start_soon(self._pinhole, listener, client_host, port, self.pinhole)
+        return listener.getsockname()[1]
+
+    # -- libalias (sys/netinet/libalias/alias_ftp.c) ----------------------------
+
+    async def libalias_segment(self, segment: bytes) -> bytes:
+        """One client segment as libalias' AliasHandleFtpOut() leaves it."""
+        out = segment
+        if len(segment) <= LIBALIAS_MAX_MESSAGE and not self.wait_crlf:
+            parsed = libalias_parse(segment)
+            if parsed is not None:
+                verb, address, port = parsed
+                client_host = self.client.socket.getpeername()[0]
+                # NewFtpMessage(): the address must be the sender's, the port >= IPPORT_RESERVED.
+                if address == client_host and port >= 1024:
+                    outward = await self.open_pinhole(port)
+                    if verb == b"PORT":
+                        out = f"PORT {encode_port(self.box.outward_host, outward)}\r\n".encode()
+                    else:
+                        out = f"EPRT |1|{self.box.outward_host}|{outward}|\r\n".encode()
+        self.wait_crlf = not out.endswith(b"\r\n")
+        return out
+
+    # -- userland proxy (usr.sbin/ftp-proxy/ftp-proxy.c) ------------------------
+
+    async def proxy_line(self, line: bytes) -> bytes | None:
+        """One whole client line as ftp-proxy's client_parse_cmd() passes it
+        on; ``None`` where ftp-proxy ends the session."""
+        if b"\0" in line:
+            return None  # getline(): NUL
+        upper = line.upper()
+        if not (upper.startswith(b"PORT ") or upper.startswith(b"EPRT ")):
+            return line
+        verb = upper[:4]
+        port = proxy_parse_port(verb, line)
+        if port < 1024:
+            self.closing = True
+            return None  # "bad port": end_session()
+        outward = await self.open_pinhole(port)
         if verb == b"PORT":
-            return f"PORT {encode_port(self.box.outward_host, outward_port)}\r\n".encode()
-        return f"EPRT {encode_eprt(self.box.outward_host, outward_port)}\r\n".encode()
+            return f"PORT {encode_port(self.box.outward_host, outward)}\r\n".encode()
+        return f"EPRT |1|{self.box.outward_host}|{outward}|\r\n".encode()
+
+    # -- strict inspecting firewall (Cisco ASA inspect ftp strict) ----------------
+
+    async def strict_check(self, pending: bytes) -> bool:
+        """False (and the flow ends) when the bytes received so far break a
+        strict rule: a second command before the first was answered, or a
+        line ended by a bare LF."""
+        lines = pending.split(b"\n")
+        complete = lines[:-1]
+        if any(not l.endswith(b"\r") for l in complete):
+            self.closing = True
+            return False  # "Incorrect command": not ended by CRLF
+        if len(complete) > 1 or (complete and self.awaiting):
+            self.closing = True
+            return False  # "must be acknowledged before ... a new command": pipelined / embedded
+        return True
+
+    async def strict_line(self, line: bytes) -> bytes:
+        """One complete CRLF line through the strict firewall: PORT checked
+        (five commas, at most 8 bytes after the numbers, port >= 1024) and its
+        numbers rewritten; anything else passes.  Sets ``closing`` to close."""
+        verb = line.split(b" ", 1)[0].strip().upper()
+        self.awaiting, self.last_verb = True, verb
+        if verb != b"PORT":
+            return line
+        m = re.match(rb"(?i)(PORT\s+)([\d,]*)(.*)$", line, re.DOTALL)
+        numbers = m.group(2) if m else b""
+        if numbers.count(b",") != 5 or len(m.group(3)) > 8:
+            self.closing = True  # "Truncated command" / "Command pipelining"
+            return b""
+        try:
+            address, port = parse_port(numbers.decode("latin-1"))
+        except ProtocolError:
+            self.closing = True
+            return b""
+        if port < 1024:
+            self.closing = True  # "Invalid port negotiation"
+            return b""
+        if str(address) != self.client.socket.getpeername()[0]:
+            return line
+        outward = await self.open_pinhole(port)
+        return m.group(1) + encode_port(self.box.outward_host, outward).encode() + m.group(3)
+
+    def strict_reply(self, data: bytes) -> bytes:
+        """Server bytes on their way back: a final reply line ends the wait
+        for an answer; a SYST reply is masked with X (mask-syst-reply)."""
+        if re.search(rb"(^|\n)\d{3} ", data):
+            self.awaiting = False
+        if self.last_verb == b"SYST":
+            data = re.sub(rb"(?m)^(\d{3}[ -])[^\r\n]*", lambda m: m.group(1) + b"X" * 20, data)
+        return data
 
     async def _pinhole(self, listener, client_host: str, client_port: int, scope: trio.CancelScope) -> None:
         """Forward one data connection from the outward port to the client.
@@ -250,3 +416,53 @@ async def _pipe(src: trio.SocketStream, dst: trio.SocketStream, nursery: trio.Nu
         await dst.send_eof()
     except PEER_ERRORS:
         nursery.cancel_scope.cancel()
+
+
+#: libalias' MAX_MESSAGE_SIZE (alias_ftp.c): longer segments are not parsed.
+LIBALIAS_MAX_MESSAGE = 128
+#: ftp-proxy's MAX_LINE (ftp-proxy.c).
+PROXY_MAX_LINE = 500
+
+_LIBALIAS_PORT = re.compile(rb"(?i)^(PORT|EPRT) [ \t]*(.*)$", re.DOTALL)
+
+
+def libalias_parse(segment: bytes) -> tuple[bytes, str, int] | None:
+    """``(verb, address, port)`` when libalias' ParseFtpPortCommand() /
+    ParseFtpEprtCommand() would accept ``segment``: at least 18 bytes, the
+    verb and a space in any case at its start, six numbers (PORT) or
+    ``|1|a.b.c.d|port|`` (EPRT); any non-digit ends the last PORT number and
+    whatever follows is ignored.  Otherwise ``None``."""
+    if len(segment) < 18:
+        return None
+    m = _LIBALIAS_PORT.match(segment)
+    if not m:
+        return None
+    verb, rest = m.group(1).upper(), m.group(2)
+    if verb == b"PORT":
+        n = re.match(rb"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", rest)
+        if not n:
+            return None
+        a = [int(x) & 0xFF for x in n.groups()]
+        return verb, ".".join(map(str, a[:4])), (a[4] << 8) | a[5]
+    n = re.match(rb"([!-~])1\1(\d+)\.(\d+)\.(\d+)\.(\d+)\1(\d+)\1", rest)
+    if not n:
+        return None
+    a = [int(x) & 0xFF for x in n.groups()[1:5]]
+    return verb, ".".join(map(str, a)), int(n.group(6)) & 0xFFFF
+
+
+def proxy_parse_port(verb: bytes, line: bytes) -> int:
+    """The port ftp-proxy's parse_port() reads from a PORT/EPRT line: from the
+    last space on, ``" %u,%u,%u,%u,%u,%u"`` or ``" |1|a.b.c.d|port|"``; 0 when
+    that fails (so a trailing space gives 0)."""
+    cut = line.rfind(b" ")
+    if cut < 0:
+        return 0
+    tail = line[cut:]
+    if verb == b"PORT":
+        m = re.match(rb" ?(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", tail)
+        if not m or any(int(x) > 255 for x in m.groups()):
+            return 0
+        return (int(m.group(5)) << 8) | int(m.group(6))
+    m = re.match(rb" ?\|[12]\|[^|]*\|(\d+)\|", tail)
+    return int(m.group(1)) if m and int(m.group(1)) < 65536 else 0

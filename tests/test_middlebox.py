@@ -37,3 +37,41 @@ async def test_canonical_port_rewrite_with_working_pinhole():
     assert rows["alg-port-lowercase"]["outcome"] == "rewritten"
     assert rows["alg-port-lowercase"]["arrived"].startswith("PORT 127,0,0,2,")
     assert rows["alg-port-lf"]["arrived"].endswith("\\r\\n")
+
+
+# -- implementation personalities: the fingerprint names each family (alg.implementation) --
+
+
+async def test_libalias_personality_is_named_libalias():
+    f, _ = await fingerprint_through(("libalias",))
+    impl = f["alg.implementation"]
+    assert impl.status == "present" and impl.data["implementation"] == "libalias", impl.evidence
+    # ParseFtpPortCommand looks only at the start of a packet; NewFtpMessage drops the rest of it.
+    assert f["alg.pipeline-blind"].status == "present"
+    assert "alg-port-then-noop" in impl.data["agree"] and "alg-port-low" in impl.data["agree"]
+
+
+async def test_userland_proxy_personality_is_named_a_proxy():
+    f, _ = await fingerprint_through(("userland-proxy",))
+    impl = f["alg.implementation"]
+    assert impl.status == "present" and impl.data["implementation"] == "userland-proxy", impl.evidence
+    assert "alg-tcp-identity" in impl.data["agree"]  # its own TCP connection: another MSS at the reflector
+    assert f["alg.pipeline-blind"].status == "absent"  # whole lines: the pipelined PORT is rewritten too
+
+
+async def test_strict_firewall_personality_is_named_strict():
+    f, _ = await fingerprint_through(("strict-firewall",))
+    impl = f["alg.implementation"]
+    assert impl.status == "present" and impl.data["implementation"] == "strict-firewall", impl.evidence
+    assert "alg-syst" in impl.data["agree"]  # the SYST reply masked with X
+    assert f["alg.pipeline-blind"].status == "inconclusive"  # closed, never judged
+
+
+async def test_plain_nat_is_no_alg_and_a_mix_is_unknown():
+    f, _ = await fingerprint_through(())
+    assert f["alg.implementation"].status == "absent"
+    assert f["alg.implementation"].data["implementation"] == "none"
+    f, _ = await fingerprint_through(("strict-firewall", "userland-proxy"))
+    assert f["alg.implementation"].status == "inconclusive"
+    assert f["alg.implementation"].data["implementation"] == "unknown"
+    assert f["alg.implementation"].evidence[0].startswith("unknown: no signature matches well")
