@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import time
+import warnings
 from typing import TYPE_CHECKING
 
 import trio
@@ -67,8 +68,10 @@ def client_context(*, verify: bool = True, version: str | None = None) -> ssl.SS
         wanted = VERSIONS[version]
         if wanted < ssl.TLSVersion.TLSv1_2:
             context.set_ciphers("DEFAULT:@SECLEVEL=0")
-        context.minimum_version = wanted
-        context.maximum_version = wanted
+        with warnings.catch_warnings():  # offering TLS 1.0/1.1 on purpose: to see whether the server takes them
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = wanted
+            context.maximum_version = wanted
     return context
 
 
