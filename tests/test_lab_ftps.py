@@ -91,7 +91,8 @@ def test_private_address_and_unforwarded_range_hidden_by_the_helper(ca, server):
     assert "announce 203.0.113.1" in alg["advice"]
     unreachable = f["server.tls-data-unreachable"]
     assert unreachable["status"] == "present", unreachable
-    assert "connected" in unreachable["evidence"][1]  # the clear-text data connection (helper's pinhole)
+    assert "connected in clear text (the router's FTP helper opened it)" in unreachable["evidence"][0]
+    assert "in clear text: data connection to 203.0.113.1 port" in unreachable["evidence"][2]
     assert unreachable["data"]["failed"]
     assert f["server.tls-certificate"]["status"] == "absent", f["server.tls-certificate"]
     assert code == 1

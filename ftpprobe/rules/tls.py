@@ -181,8 +181,8 @@ def pasv_relies_on_alg(seen: Seen) -> Finding:
     if inside == clear[0]:
         return Finding(quirk, "absent", evidence + [f"both name {inside}: nothing on the path rewrote the reply"],
                        data=data)
-    evidence.append(f"in clear text the 227 names {clear[0]}, inside TLS {inside}: something on the path (the "
-                    "router's FTP helper) rewrote the clear-text reply, and cannot read the TLS one")
+    evidence.insert(0, f"in clear text the 227 names {clear[0]}, inside TLS {inside}: something on the path (the "
+                       "router's FTP helper) rewrote the clear-text reply, and cannot read the TLS one")
     private = ""
     try:
         if non_routable(inside):
@@ -243,10 +243,10 @@ def tls_data_unreachable(seen: Seen) -> Finding:
     ports = sorted({t.data.port for _, t in tried})
     data = {"tls_ports": ports, "failed": [t.data.port for t in failed], "clear_port": obs.clear_data.port}
     if failed:
-        return Finding(quirk, "present", evidence + [
+        return Finding(quirk, "present", [
             f"port {obs.clear_data.port} connected in clear text (the router's FTP helper opened it), "
             f"port(s) {', '.join(str(t.data.port) for t in failed)} did not inside TLS, where the helper "
-            "cannot read the reply"],
+            "cannot read the reply"] + evidence,
                        f"forward the server's whole passive range on the router ({RANGE_OPTIONS} set it) "
                        "instead of relying on its FTP helper", data=data)
     return Finding(quirk, "absent", evidence, data=data)
