@@ -355,7 +355,8 @@ Then, from inside the LAN:
 \b
 Exit codes: 0 stopped with Ctrl-C (the normal way to stop it), 3 cannot
 listen, a usage error or an internal error.""")
-@click.option("--listen", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--listen", default="", show_default="every IPv4 and IPv6 address",
+              help="Address(es) to listen on, comma-separated (e.g. 203.0.113.5,2001:db8::5).")
 @click.option("--ports", default="21,2121", show_default=True,
               help="Comma-separated control ports (one where a router's ALG acts, one where it may not).")
 @click.option("--journal", type=click.Path(dir_okay=False, writable=True),

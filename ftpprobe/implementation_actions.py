@@ -73,7 +73,8 @@ def _is_active_line(ex: Exchange) -> bool:
 async def run_reflect_variant(ctx: ProbeContext, probe: Probe) -> ReflectVariantObs | Skipped:
     """PORT/EPRT naming our own address, written in one segment with
     ``params.before`` / ``params.after`` (a command line, CRLF added), or
-    naming ``params.port``; no LIST follows.
+    naming ``params.port``; no LIST follows.  Over IPv6 a PORT variant is
+    sent as EPRT ``|2|`` (the same spelling otherwise).
 
     The replies are told apart by what the reflector reports receiving, not
     by their order (an ALG that regenerates the segment may drop the other
@@ -89,10 +90,15 @@ async def run_reflect_variant(ctx: ProbeContext, probe: Probe) -> ReflectVariant
         local = s.local_address
         async with ActiveListener(str(local)) as listener:
             named_port = int(probe.params.get("port", listener.port))
-            argument = _active_argument(probe.command.verb, local, named_port)
+            base = probe.command
+            if local.version == 6 and base.verb.upper() == "PORT":
+                # PORT cannot name an IPv6 address: the same variant as EPRT |2| (RFC 2428).
+                base = Command("EPRT" if base.verb.isupper() else "eprt", separator=base.separator,
+                               trailer=base.trailer, line_ending=base.line_ending)
+            argument = _active_argument(base.verb, local, named_port)
             if argument is None:
                 return Skipped(probe.name, reason=f"{probe.command.verb} cannot name {local}")
-            line = replace_argument(probe.command, argument).encode()
+            line = replace_argument(base, argument).encode()
             written = companion + line if before else line + companion
             try:
                 await s.send_raw([written])

@@ -13,6 +13,7 @@ environment (``FTPPROBE_USER`` / ``FTPPROBE_PASSWORD``), then anonymous
 
 from __future__ import annotations
 
+import ipaddress
 import netrc
 import os
 import re
@@ -216,6 +217,10 @@ def reflector_target(text: str) -> Target:
     FTPPROBE_PASSWORD or ~/.netrc credentials are meant for their servers.
     Raises :class:`TargetError` for a bad address or one with user information.
     """
+    try:  # a bare IPv6 address (2001:db8::1) needs brackets in a URL (RFC 3986 §3.2.2)
+        text = f"[{ipaddress.IPv6Address(text.strip())}]"
+    except ValueError:
+        pass
     parsed = parse_target(text if "://" in text else f"ftp://{text}", use_netrc=False, environ={})
     if parsed.credential_source != "anonymous":
         raise TargetError("a reflector needs no login: give HOST[:PORT] without USER[:PASSWORD]@")

@@ -782,7 +782,8 @@ def canonicalizes(seen: Seen) -> Finding:
 # -- data connections ----------------------------------------------------------------
 
 
-ACTIVE_READS = ("port-own", "eprt-own", PORT_CANONICAL)
+#: alg-eprt-crlf too: over IPv6 PORT cannot run and EPRT (RFC 2428) carries active mode.
+ACTIVE_READS = ("port-own", "eprt-own", PORT_CANONICAL, "alg-eprt-crlf")
 
 
 def _active_state(obs: ActiveObs | ReflectActiveObs) -> tuple[str, list[str]]:
