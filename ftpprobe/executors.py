@@ -40,6 +40,18 @@ from .transport import ControlSession
 #: Seconds at most to wait for the NOOP that tells whether a session survived its variant.
 NOOP_WAIT = 2.0
 
+#: Seconds a command variant waits for its own reply before a line ending
+#: (``NOOP\r\n``) is sent behind it (at least; :func:`nudge_wait` scales it
+#: with the session's round trip): long enough for a healthy server and one
+#: retransmitted segment, short against the reply timeout.
+NUDGE_WAIT = 0.5
+
+
+def nudge_wait(timeout: float, round_trip: float | None) -> float:
+    """How long a variant waits before the nudge: :data:`NUDGE_WAIT`, or 10
+    round trips on a slow path, never more than half the ``timeout``."""
+    return min(max(NUDGE_WAIT, 10 * (round_trip or 0.0)), timeout / 2)
+
 #: Back-off before retrying a session the server refused with 421, seconds.
 BACKOFF = (0.5, 1.0, 2.0)
 
@@ -290,24 +302,34 @@ async def _stall_retry(ctx: ProbeContext, command: Command, cuts: tuple[int, ...
 async def run_command(ctx: ProbeContext, probe: Probe) -> CommandObs:
     """Send the probe's command variant in a fresh session and record the outcome.
 
-    A transient 4xx reply is retried in a new session after :data:`BACKOFF`
+    A variant that got no reply within :func:`nudge_wait` (0.5 s on a quick
+    path) is followed by ``NOOP\\r\\n`` (the nudge,
+    :meth:`~ftpprobe.transport.ControlSession.exchange_nudged`): one reply
+    then shows the server held the line until a line ending followed, and
+    how it parsed what it held (``nudge``; no retry: the server answered);
+    a reply to the line and another to the NOOP show a late reply.  A
+    transient 4xx reply is retried in a new session after :data:`BACKOFF`
     (the prober's own concurrent sessions may be what the server counted).
-    After the variant (answered or timed out), a canonical ``NOOP`` tells
-    whether the session survived (``alive_after``; it waits at most
-    :data:`NOOP_WAIT` seconds).
-    A variant that got no reply (timeout) is sent once more in a new session
-    (``retry``).  Raises :class:`FtpProbeError` when the first session fails
-    before the variant is sent.
+    After an answered variant a canonical ``NOOP`` tells whether the
+    session survived (``alive_after``; at most :data:`NOOP_WAIT` seconds;
+    after a nudge its reply tells).  A variant that nothing answered, not
+    even the nudge, within the timeout gets a NOOP too and is sent once more
+    in a new session (``retry``).  Raises :class:`FtpProbeError` when the
+    first session fails before the variant is sent.
     """
     assert probe.command is not None
     exchanges: tuple[Exchange, ...] = ()
+    nudge: Exchange | None = None
     for pause in (*BACKOFF, None):
         alive: bool | None = None
         async with ctx.session(login=probe.login) as s:
-            ex = await s.exchange(probe.command, cuts=probe.cuts)
-            if ex.outcome in ("reply", "timeout"):
-                # After a timeout too: a reply to NOOP shows the connection alive
-                # (the server held the line unexecuted), none shows it stalled.
+            ex, nudge = await s.exchange_nudged(probe.command, cuts=probe.cuts,
+                                                wait=nudge_wait(ctx.timeout, s.round_trip()))
+            if nudge is not None and nudge.outcome == "reply":
+                alive = True
+            elif ex.outcome in ("reply", "timeout"):
+                # After a timeout too: a reply to NOOP shows the connection alive,
+                # none shows it stalled.
                 noop = await s.exchange(Command("NOOP"), timeout=min(ctx.timeout, NOOP_WAIT))
                 alive = noop.outcome == "reply"
             exchanges += _evidence_exchanges(s)
@@ -315,10 +337,10 @@ async def run_command(ctx: ProbeContext, probe: Probe) -> CommandObs:
             break
         await trio.sleep(pause)
     retry = None
-    if ex.outcome == "timeout":
+    if ex.outcome == "timeout" and not (nudge is not None and nudge.outcome == "reply"):
         retry, more = await _stall_retry(ctx, probe.command, probe.cuts, login=probe.login)
         exchanges += more
-    return CommandObs(probe.name, exchanges=exchanges, exchange=ex, alive_after=alive, retry=retry)
+    return CommandObs(probe.name, exchanges=exchanges, exchange=ex, alive_after=alive, retry=retry, nudge=nudge)
 
 
 def _advertised(address: ipaddress.IPv4Address | None, port: int) -> tuple[str | None, int]:

@@ -193,12 +193,17 @@ class CommandObs(Observed):
     ``exchange``: the variant; ``alive_after``: a canonical NOOP afterwards
     got a reply (``None`` when not tried); ``retry``: when the variant got no
     reply, the same variant once more in a new session (one lost packet is
-    not a stall).
+    not a stall); ``nudge``: the ``NOOP\\r\\n`` sent when the variant got no
+    reply within a short wait, and its outcome (``None``: not sent).  An
+    ``exchange`` that is a ``timeout`` with a ``nudge`` that is a ``reply``
+    means the server held the line until a line ending followed, then parsed
+    what it held as that reply (the line as sent was never executed).
     """
 
     exchange: Exchange | None = None
     alive_after: bool | None = None
     retry: Exchange | None = None
+    nudge: Exchange | None = None
 
 
 @dataclass(frozen=True)

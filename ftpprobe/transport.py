@@ -320,6 +320,93 @@ class ControlSession:
         self.history.append(ex)
         return ex
 
+    #: What :meth:`exchange_nudged` sends after its short wait: a canonical
+    #: line, so the server's reply shows how it parsed what it held.
+    NUDGE = Command("NOOP")
+
+    def round_trip(self) -> float | None:
+        """The quickest answered exchange of this session (seconds): an upper
+        bound of the round trip (None before any answered exchange)."""
+        times = [ex.elapsed for ex in self.history if ex.outcome == "reply"]
+        return min(times) if times else None
+
+    async def exchange_nudged(self, command: Command, *, cuts: tuple[int, ...] = (), wait: float,
+                              timeout: float | None = None) -> tuple[Exchange, Exchange | None]:
+        """Send ``command`` like :meth:`exchange`; if no reply came within
+        ``wait`` seconds, send :data:`NUDGE` (``NOOP\\r\\n``, a line ending
+        behind whatever the server holds) and read on until ``timeout``.
+
+        Returns ``(variant, nudge)``; ``nudge`` is ``None`` when the variant
+        was answered within ``wait``.  Replies are told apart by count, never
+        guessed: the server answered the variant by itself (late) when a
+        reply came sooner after the nudge than half a round trip of this
+        session, or when a second reply (the NOOP's) followed the first
+        within a grace of max(0.1 s, 2 round trips); then ``variant`` is that
+        reply and ``nudge`` the NOOP's (or its timeout within
+        ``min(timeout, 2 s)``).  Otherwise the one reply answered what the
+        server held plus the line ending: ``variant`` is a ``timeout`` (no
+        reply of its own within ``wait``; TCP_INFO taken then) and ``nudge``
+        the reply.  When nothing answers even the nudge, ``variant`` is a
+        ``timeout`` at ``timeout`` and ``nudge`` a ``timeout`` too.  Both
+        exchanges go to :attr:`history`.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        rtt = self.round_trip()
+        ex = await self.exchange(command, cuts=cuts, timeout=min(wait, timeout))
+        if ex.outcome != "timeout" or wait >= timeout:
+            return ex, None
+        self.history.pop()  # replaced below by what the nudge shows
+        nudge_sent = time.monotonic()
+        sent = self.NUDGE.encode()
+        try:
+            await self.send_raw([sent])
+            first = await self.read_reply(timeout - wait)
+        except ReplyTimeout as exc:
+            late = Exchange(sent=ex.sent, outcome="timeout", segments=ex.segments,
+                            elapsed=round(ex.elapsed + time.monotonic() - nudge_sent, 3),
+                            tcp_info=TcpInfo.from_kernel(exc.tcp_info),
+                            error=f"no complete reply within {timeout:g} s (a line ending sent after "
+                                  f"{wait:g} s got no answer either)")
+            nudge = Exchange(sent=sent, outcome="timeout", elapsed=round(time.monotonic() - nudge_sent, 3),
+                             error=f"no reply to the line ending within {timeout - wait:g} s")
+            self.history += [late, nudge]
+            return late, nudge
+        except PeerClosed as exc:
+            closed = Exchange(sent=ex.sent, outcome="reset" if exc.reset else "closed", segments=ex.segments,
+                              elapsed=round(ex.elapsed + time.monotonic() - nudge_sent, 3),
+                              error=f"{exc} (after a line ending sent {wait:g} s after the line)")
+            self.history.append(closed)
+            return closed, None
+        except ProtocolError as exc:
+            bad = Exchange(sent=ex.sent, outcome="malformed", segments=ex.segments,
+                           elapsed=round(ex.elapsed + time.monotonic() - nudge_sent, 3), error=str(exc))
+            self.history.append(bad)
+            return bad, None
+        after = time.monotonic() - nudge_sent
+        early = rtt is not None and after < rtt / 2  # too soon to be caused by the nudge
+        grace = min(max(0.1, 2 * (rtt or 0.05)), 1.0)
+        try:
+            second = await self.read_reply(min(timeout, 2.0) if early else grace)
+        except ReplyTimeout:
+            second = None
+        except (PeerClosed, ProtocolError):
+            second = None
+        total = round(ex.elapsed + after, 3)
+        if early or second is not None:
+            # The server answered the line by itself (late), and the NOOP apart.
+            late = Exchange(sent=ex.sent, outcome="reply", reply=first, segments=ex.segments, elapsed=total)
+            nudge = (Exchange(sent=sent, outcome="reply", reply=second,
+                              elapsed=round(time.monotonic() - nudge_sent, 3)) if second is not None else
+                     Exchange(sent=sent, outcome="timeout", elapsed=round(time.monotonic() - nudge_sent, 3),
+                              error="no reply to NOOP"))
+            self.history += [late, nudge]
+            return late, nudge
+        held = Exchange(sent=ex.sent, outcome="timeout", segments=ex.segments, elapsed=ex.elapsed,
+                        tcp_info=ex.tcp_info, error=f"no reply of its own within {wait:g} s")
+        nudge = Exchange(sent=sent, outcome="reply", reply=first, elapsed=round(after, 3))
+        self.history += [held, nudge]
+        return held, nudge
+
     async def command(self, command: Command, *, timeout: float | None = None) -> Reply:
         """Send ``command`` and return its reply, raising on any failure
         (:class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`)."""

@@ -1,6 +1,7 @@
 """The executors' typed observations against real peers (pyftpdlib, the hostile
 server, the reflector behind an emulated middlebox), without the rules."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -42,20 +43,43 @@ def no_login(obs) -> None:
     assert not any(ex.sent.startswith((b"USER ", b"PASS ")) for ex in obs.exchanges)
 
 
-async def test_stalled_bare_lf_pasv_is_retried_in_a_new_session(pyftpd):
-    """pyftpdlib waits for CRLF: 'PASV\\n' never gets a reply, twice."""
+async def test_held_bare_lf_pasv_is_told_apart_by_the_nudge(pyftpd):
+    """pyftpdlib waits for CRLF: 'PASV\\n' gets no reply of its own; the NOOP\\r\\n
+    sent after the short wait completes the line, and the one reply shows how
+    pyftpdlib parsed what it held ('PASV\\nNOOP', unknown).  Decided without
+    waiting out the timeout, and without a retry."""
     server = pyftpd(passive_ports=(54000, 54009))
+    started = trio.current_time()
     obs = await observe(context(server), "pasv-lf")
+    assert trio.current_time() - started < TIMEOUT  # never waited out the reply timeout
     assert isinstance(obs, CommandObs)
-    assert obs.exchange.sent == b"PASV\n" and obs.exchange.outcome == "timeout"
-    assert obs.exchange.reply is None
-    # The NOOP after it is answered (pyftpdlib reads 'PASV\nNOOP' as one unknown
-    # command): the session was alive, the line simply never executed.
-    assert obs.alive_after is True
-    assert obs.retry is not None and obs.retry is not obs.exchange
-    assert obs.retry.sent == b"PASV\n" and obs.retry.outcome == "timeout"
-    assert "timeout" in obs.exchange.describe()
-    assert [ex.sent for ex in obs.exchanges] == [b"PASV\n", b"NOOP\r\n", b"PASV\n"]  # both sessions, no login
+    assert obs.exchange.sent == b"PASV\n" and obs.exchange.outcome == "timeout" and obs.exchange.reply is None
+    assert obs.exchange.elapsed < TIMEOUT
+    assert obs.nudge is not None and obs.nudge.sent == b"NOOP\r\n" and obs.nudge.outcome == "reply"
+    # pyftpdlib echoes the joined line, bare LF and all: the reply reader ends its first line there
+    assert obs.nudge.code == 500 and obs.nudge.reply.text.startswith('500 Command "PASV')
+    assert obs.alive_after is True and obs.retry is None
+    assert [ex.sent for ex in obs.exchanges] == [b"PASV\n", b"NOOP\r\n"]  # no login, one session
+
+
+def silent_after_login(conn, server):
+    """Logs in, then never answers anything (a real stall)."""
+    conn.sendall(b"220 hello\r\n")
+    for answer in (b"331 password please\r\n", b"230 ok\r\n"):
+        hostile._read_line(conn)
+        conn.sendall(answer)
+    time.sleep(30)
+
+
+async def test_a_real_stall_waits_out_the_timeout_and_is_retried(monkeypatch):
+    """Nothing answers even the nudge: a timeout, a NOOP afterwards, a retry in a new session."""
+    monkeypatch.setitem(hostile.SCENARIOS, "silent-after-login", silent_after_login)
+    with hostile.HostileServer("silent-after-login") as server:
+        obs = await observe(context(server), "pasv-lf")
+    assert obs.exchange.outcome == "timeout" and obs.exchange.elapsed >= TIMEOUT * 0.9
+    assert obs.nudge is not None and obs.nudge.outcome == "timeout"
+    assert obs.alive_after is False
+    assert obs.retry is not None and obs.retry.sent == b"PASV\n" and obs.retry.outcome == "timeout"
 
 
 async def test_canonical_pasv_replies_and_the_session_survives(pyftpd):

@@ -70,6 +70,7 @@ VARIANTS = [
 def _variant_rows(sent: bytes, segs: int):
     ok = said(sent, 227, PASV_227, segs)
     t = silent(sent, segments=segs)
+    held_500 = said(b"NOOP\r\n", 500, f'Command "{sent.decode().rstrip()}\\nNOOP" not understood.')
     return [
         # id, observation fields, expected status, a phrase the evidence must hold
         ("positive", dict(exchange=ok), "absent", "227 Entering"),
@@ -77,6 +78,22 @@ def _variant_rows(sent: bytes, segs: int):
          "not clear"),
         ("negative-5xx", dict(exchange=said(sent, 500, "Unknown command", segs)), "present", "500 Unknown command"),
         ("negative-4xx", dict(exchange=said(sent, 421, "Too busy", segs)), "inconclusive", "transient"),
+        # held until a line ending (the nudge NOOP\r\n) followed, then parsed as one reply: decided, no retry
+        ("held-then-500", dict(exchange=silent(sent, tcp_info=HELD, segments=segs), nudge=held_500, alive_after=True),
+         "present", "only once a line ending followed did the server answer"),
+        ("held-then-227", dict(exchange=silent(sent, segments=segs), nudge=said(b"NOOP\r\n", 227, PASV_227),
+                               alive_after=True), "present", "parsing what it held as '227 Entering"),
+        ("held-bytes-unacknowledged", dict(exchange=silent(sent, tcp_info=DROPPED, segments=segs), nudge=held_500,
+                                           alive_after=True), "inconclusive", "not yet acknowledged"),
+        # a late reply to the line and one to the nudge: a reply like any other
+        ("late-reply-then-noop", dict(exchange=ok, nudge=said(b"NOOP\r\n", 200, "NOOP ok"), alive_after=True),
+         "absent", "227 Entering"),
+        # nothing answered even the nudge: a real stall, decided as before
+        ("nudge-unanswered-timeout-twice-alive", dict(exchange=t, nudge=silent(b"NOOP\r\n"), retry=t,
+                                                      alive_after=True), "present", "NOOP sent afterwards was answered"),
+        ("nudge-unanswered-no-retry", dict(exchange=t, nudge=silent(b"NOOP\r\n")), "inconclusive", "no retry"),
+        ("nudge-unanswered-connection-dead", dict(exchange=t, nudge=silent(b"NOOP\r\n"), retry=t,
+                                                  alive_after=False), "inconclusive", "whole connection stalled"),
         ("timeout-no-retry", dict(exchange=t), "inconclusive", "no retry"),
         ("timeout-retry-answered", dict(exchange=t, retry=ok), "inconclusive", "lost packet"),
         ("timeout-retry-refused", dict(exchange=t, retry=said(sent, 500, "Unknown", segs)), "inconclusive",

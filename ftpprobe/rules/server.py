@@ -56,6 +56,11 @@ VARIANT_TABLE = """
     positive reply, another code (e.g. 202)          ``inconclusive``: not clearly executed
     negative reply 5xx                               ``present``: refused, not executed
     negative reply 4xx (transient)                   ``inconclusive``
+    no reply within the short wait, then one reply   ``present``: held until a line ending
+    once ``NOOP\\r\\n`` followed (the nudge)        followed, then parsed as that reply;
+                                                     not executed as sent (no retry needed)
+    the same, but the line's bytes were not yet      ``inconclusive``: the line may have
+    acknowledged at the short wait (TCP_INFO)        reached the server with the nudge
     timeout, no retry made                           ``inconclusive``: one lost packet?
     timeout, the retry answered (or was reset)       ``inconclusive``: one lost packet
     timeout twice, bytes never acknowledged and      ``inconclusive``: the path drops them
@@ -66,6 +71,13 @@ VARIANT_TABLE = """
     reset or closed                                  ``inconclusive``, the reset as evidence
     malformed reply                                  ``inconclusive``
     ===============================================  =========================================
+
+    The short wait: a variant unanswered after 0.5 s (or 10 round trips) gets
+    ``NOOP\\r\\n`` behind it.  A reply to the line and another to the NOOP is
+    a late reply (the rows of a reply apply); one reply alone answered what
+    the server held plus the line ending, so the server did not execute the
+    line as sent; nothing even then is a timeout (the rows below: a NOOP
+    afterwards, a retry in a new session).
 
     Why a double timeout is ``present``: the canonical line answered on the
     same path, the variant went unanswered twice in two fresh sessions (so
@@ -113,6 +125,17 @@ def _variant(seen: Seen, quirk: str, probe: str, *, stall: str, advice: str) -> 
             return Finding(quirk, "present", evidence + ["the server refused the line: not executed"], advice)
         return Finding(quirk, "inconclusive", evidence + [
             f"a transient refusal ({ex.code}) says nothing about this spelling: run the probe again"])
+
+    nudge = obs.nudge
+    if ex.outcome == "timeout" and nudge is not None and nudge.outcome == "reply" and nudge.reply is not None:
+        evidence.insert(1, f"{probe}, then a line ending: {nudge.describe()} ({nudge.elapsed:g} s later)")
+        if ex.tcp_info is not None and (ex.tcp_info.outq or 0) > 0:
+            return Finding(quirk, "inconclusive", evidence + [
+                "the line's bytes were not yet acknowledged when the line ending followed: the line may have "
+                "reached the server only with it; this says nothing about the spelling"])
+        evidence.append(f"no reply within {ex.elapsed:g} s; only once a line ending followed did the server "
+                        f"answer, parsing what it held as '{nudge.reply.display(80)}': " + stall)
+        return Finding(quirk, "present", evidence, advice)
 
     if ex.outcome == "timeout":
         if retry is None:
