@@ -483,8 +483,11 @@ error, an internal error, or interrupted).""")
               help="Seconds for each connect and reply (a targets file may set its own).")
 @click.option("--samples", type=click.IntRange(0, 10000), default=10, show_default=True,
               help="Passive replies sampled per site.")
-@click.option("--max-connections", type=click.IntRange(2, 10000), default=64, show_default=True,
-              help="Control connections open at once over the whole fleet.")
+@click.option("--max-connections", type=click.IntRange(2, 1 << 20), default=None,
+              show_default="as many as the open-file limit allows",
+              help="Control connections open at once over the whole fleet. By default ftpprobe raises its "
+                   "open-file limit (RLIMIT_NOFILE) to the hard limit and uses half of it, less 100 "
+                   "(a control and a data connection each).")
 @click.option("--site-deadline", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
               help="Seconds for one site; a site still running then is reported down.")
 @click.option("--deadline", type=click.FloatRange(1, 86400), default=300.0, show_default=True,

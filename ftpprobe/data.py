@@ -9,6 +9,7 @@ cannot turn the prober into a port scanner.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -96,6 +97,36 @@ async def connect_passive(host: str, port: int, timeout: float) -> tuple[trio.So
     except OSError:  # reset right after the handshake: it did connect
         return stream, DataResult(True, error="reset right after connecting", elapsed=elapsed)
     return stream, DataResult(True, peer=(peer[0], peer[1]), elapsed=elapsed)
+
+
+def start_connect(host: str, port: int) -> socket.socket:
+    """Send the SYN now (a non-blocking connect to a literal address): the
+    connection is on its way before whatever the caller writes next.
+    Finish with :func:`finish_connect`.  Raises ``OSError`` (e.g. out of
+    file descriptors)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.connect_ex((host, port))
+    return sock
+
+
+async def finish_connect(sock: socket.socket, host: str, port: int, timeout: float) -> DataResult:
+    """Wait (``timeout`` seconds) for a connect begun by :func:`start_connect`,
+    then close it: is ``host``:``port`` reachable?  Never raises for the peer."""
+    started = time.monotonic()
+    try:
+        with trio.move_on_after(timeout):
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            elapsed = round(time.monotonic() - started, 3)
+            if err:
+                return DataResult(False, error=f"data connection to {host} port {port}: {os.strerror(err)}",
+                                  elapsed=elapsed)
+            return DataResult(True, peer=(host, port), elapsed=elapsed)
+        return DataResult(False, error=f"data connection to {host} port {port}: no answer within {timeout:g} s",
+                          elapsed=round(time.monotonic() - started, 3))
+    finally:
+        sock.close()
 
 
 async def probe_passive_port(host: str, port: int, timeout: float) -> DataResult:

@@ -26,7 +26,8 @@ import trio
 
 from .catalog import Probe
 from .codec import Command, Reply, encode_eprt, encode_port, parse_passive, replace_argument
-from .data import MAX_DATA_BYTES, ActiveListener, connect_passive, passive_target, probe_passive_port, read_all
+from .data import (MAX_DATA_BYTES, ActiveListener, connect_passive, finish_connect, passive_target,
+                   probe_passive_port, read_all, start_connect)
 from .errors import ConnectFailed, FtpProbeError, LoginFailed, PeerClosed, ProtocolError, ReplyTimeout
 from .observations import (ActiveObs, AuthTlsObs, BounceObs, CommandObs, DataOutcome, Exchange, Failed,
                            FailureKind, ListingObs, Observation, PassiveMapObs, PassiveObs, ReflectActiveObs,
@@ -112,11 +113,19 @@ class ProbeContext:
     #: a session of this run sent PASS inside TLS (FTPS targets, and the ``tls`` probe)
     password_sent_in_tls: bool = False
     pasv_samples: list[PassiveSample] = field(default_factory=list)
+    #: Probes run one after another in one logged-in session where they can
+    #: (``check``: a site's quick probes leave the session clean): a session
+    #: left answered and fully read goes back as the spare instead of QUIT.
+    reuse_sessions: bool = False
+    _handed_back: trio.Event = field(default_factory=trio.Event, repr=False)
 
     #: The preflight's logged-in session, handed to the first probe that wants
     #: one (it holds a limiter slot until closed, so it counts against
     #: ``max_sessions`` like any other session).
     _spare: ControlSession | None = field(default=None, repr=False)
+    #: The target's address once the first session connected: later sessions
+    #: connect there (one name lookup per run).
+    _address: str | None = field(default=None, repr=False)
     _spare_token: object = field(default_factory=object, repr=False)  # its limiter borrower
 
     def __post_init__(self) -> None:
@@ -161,7 +170,12 @@ class ProbeContext:
         :class:`~ftpprobe.errors.TlsFailed`.
         """
         plain = secure is False and self.target.tls == "explicit"
-        if self._spare is not None and login and port in (None, self.target.port) and not plain:
+        spareable = login and port in (None, self.target.port) and not plain
+        if self.reuse_sessions and spareable:
+            async with self._reused() as s:
+                yield s
+            return
+        if self._spare is not None and spareable:
             spare, self._spare = self._spare, None
             try:
                 yield spare
@@ -176,6 +190,45 @@ class ProbeContext:
             finally:
                 await s.aclose()
 
+    #: Seconds between looks for a session handed back (``reuse_sessions``).
+    REUSE_POLL = 0.02
+
+    @asynccontextmanager
+    async def _reused(self) -> AsyncIterator[ControlSession]:
+        """``reuse_sessions``: the spare session if there is one (waiting for
+        one to come back while no new one may be opened), else a new one; a
+        session whose last exchange was answered, with nothing unread,
+        becomes the spare again afterwards (with its limiter slot)."""
+        while True:
+            if self._spare is not None:
+                s, token, self._spare = self._spare, self._spare_token, None
+                break
+            token = object()
+            try:
+                self.limiter.acquire_on_behalf_of_nowait(token)
+            except trio.WouldBlock:
+                with trio.move_on_after(self.REUSE_POLL):
+                    await self._handed_back.wait()
+                continue
+            try:
+                s = await self._establish(True, self.target.port)
+            except BaseException:
+                self.limiter.release_on_behalf_of(token)
+                raise
+            break
+        try:
+            yield s
+        finally:
+            last = s.history[-1] if s.history else None
+            if (self._spare is None and last is not None and last.outcome == "reply" and not s.reader.buffered
+                    and not s._eof):
+                self._spare, self._spare_token = s, token
+                self._handed_back.set()
+                self._handed_back = trio.Event()
+            else:
+                await s.aclose()
+                self.limiter.release_on_behalf_of(token)
+
     async def _establish(self, login: bool, port: int, *, plain: bool = False) -> ControlSession:
         """Open, greet and log in.  On a 421 greeting the slot count shrinks by
         one and the session is retried after :data:`BACKOFF`; a greeting or
@@ -188,7 +241,8 @@ class ProbeContext:
         tls = "none" if plain else self.target.tls
         lost = 0
         for pause in (*BACKOFF, None):
-            s = await ControlSession.open(self.target.host, port, self.timeout)
+            s = await ControlSession.open(self.target.host, port, self.timeout, address=self._address)
+            self._address = self._address or str(s.peer_address)
             try:
                 if tls == "implicit":
                     await s.start_tls(self._context(), self.target.host)
@@ -565,7 +619,13 @@ def _error_refusal(s: ControlSession | None, exc: FtpProbeError) -> RefusalKind:
 
 @action("session-limit")
 async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
-    """Hold up to ``max_sessions`` logged-in sessions at once; stop at the first refusal.
+    """Hold up to ``max_sessions`` logged-in sessions at once, opened concurrently.
+
+    ``accepted``: the sessions held plus those that logged in; ``refusal``:
+    the first refused one's (by number), classified.  When a session was
+    refused only at its login (counted while the others were still logging
+    in), the sessions are closed and opened again one after another,
+    stopping at the first refusal.
 
     Runs alone (``exclusive``), so the count is this prober's only.  Bypasses
     the limiter on purpose (finding the limit is the point), but never has
@@ -576,39 +636,88 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
     held = int(ctx.limiter.borrowed_tokens)
     wanted = min(int(probe.params.get("max_sessions", 8)), ctx.max_sessions)
     sessions: list[ControlSession] = []
-    accepted, refusal, refusal_text = held, None, ""
+    outcomes: dict[int, tuple[RefusalKind, str] | None] = {}
+    at_login: list[int] = []  # refused after the greeting: judged with the others connected
+
+    async def one(i: int) -> bool:
+        s: ControlSession | None = None
+        greeted = False
+        try:
+            s = await ControlSession.open(ctx.target.host, ctx.target.port, ctx.timeout, address=ctx._address)
+            sessions.append(s)
+            greeting = await s.greet()
+            if greeting.code != 220:
+                outcomes[i] = (refusal_kind(greeting), f"session {i + 1}: {greeting.display(120)}")
+                return False
+            greeted = True
+            if probe.login:
+                await ctx.login(s)
+            outcomes[i] = None
+            return True
+        except FtpProbeError as exc:
+            outcomes[i] = (_error_refusal(s, exc), f"session {i + 1}: {exc}")
+            if greeted:
+                at_login.append(i)
+            return False
+
+    async def close_all() -> None:
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for s in sessions:
+                    nursery.start_soon(s.aclose)
+        sessions.clear()
+
     try:
-        for i in range(held, wanted):
-            s: ControlSession | None = None
-            try:
-                s = await ControlSession.open(ctx.target.host, ctx.target.port, ctx.timeout)
-                sessions.append(s)
-                greeting = await s.greet()
-                if greeting.code != 220:
-                    refusal, refusal_text = refusal_kind(greeting), f"session {i + 1}: {greeting.display(120)}"
+        # All at once (never more than max_sessions with the ones this run holds):
+        # a server that counts at the greeting refuses exactly those over its limit.
+        async with trio.open_nursery() as nursery:
+            for i in range(held, wanted):
+                nursery.start_soon(one, i)
+        if at_login:
+            # A refusal at the login may have counted sessions still logging in:
+            # count again one session after another, stopping at the first refusal.
+            await close_all()
+            outcomes.clear()
+            for i in range(held, wanted):
+                if not await one(i):
                     break
-                if probe.login:
-                    await ctx.login(s)
-            except FtpProbeError as exc:
-                refusal, refusal_text = _error_refusal(s, exc), f"session {i + 1}: {exc}"
-                break
-            accepted = i + 1
     finally:
-        for s in sessions:
-            await s.aclose()
+        await close_all()
+    refused = [outcomes[i] for i in sorted(outcomes) if outcomes[i] is not None]
+    accepted = held + sum(1 for o in outcomes.values() if o is None)
+    refusal, refusal_text = refused[0] if refused else (None, "")
     return SessionLimitObs(probe.name, tried=wanted, held=held, accepted=accepted, refusal=refusal,
                            refusal_text=refusal_text)
 
 
+#: PASV/EPSV sent in one write by ``pasv-map`` (each reply an independent port
+#: draw; only the last port stays open, so only it is connected to).
+PIPELINE = 6
+#: Samples per ``pasv-map`` session (fewer sessions for fewer samples).
+SAMPLES_PER_SESSION = 16
+
+
 @action("pasv-map")
 async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
-    """Collect ``ctx.samples`` passive replies over several concurrent sessions.
+    """Collect ``ctx.samples`` passive replies over up to ``max_sessions``
+    concurrent sessions (one per :data:`SAMPLES_PER_SESSION` samples).
 
-    Every advertised port is tried with a real data connection (to the control
-    peer's address unless ``trust_pasv_address``).  Sessions alternate PASV
-    and EPSV; a session whose EPSV is refused keeps to PASV.  Samples are also
-    appended to ``ctx.pasv_samples`` as they arrive.  Never raises for the
-    server's behaviour: a session that fails adds to ``errors``.
+    Each session asks once alone (its reply is ``pipelined=False``: address
+    evidence), then sends up to :data:`PIPELINE` PASV/EPSV in one write
+    (``pipelined=True``: an ALG that inspects only the first reply of a
+    segment may leave the others unrewritten).  A server closes a passive
+    port when asked for the next, so only the last port of each write is
+    tried with a real data connection (to the control peer's address
+    unless ``trust_pasv_address``); the others stay ``reachable=None``.
+    That connection's SYN leaves before the next write, which goes out
+    while it is in flight; a connection that fails then (our own next PASV
+    may have closed the port) is not counted (``reachable=None``), the same
+    verb is asked again with its connection awaited, and the session waits
+    for its connections from then on, so a failure is only ever recorded
+    unraced (at most one raced connection is in flight per session).  Sessions alternate PASV and EPSV; a session
+    whose EPSV is refused keeps to PASV.  Samples are also appended to
+    ``ctx.pasv_samples`` as they arrive.  Never raises for the server's
+    behaviour: a session that fails adds to ``errors``.
     """
     samples = ctx.pasv_samples
     samples.clear()  # this probe's samples only
@@ -616,45 +725,90 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     order = itertools.count()
     remaining = [ctx.samples]
     transient_left = [max(3, ctx.samples // 4)]  # 4xx replies tolerated before giving up
-    workers = max(1, min(ctx.max_sessions, ctx.limiter.total_tokens, ctx.samples))
+    workers = max(1, min(ctx.max_sessions, ctx.limiter.total_tokens, -(-ctx.samples // SAMPLES_PER_SESSION)))
+
+    def record(sample: PassiveSample) -> None:
+        samples.append(sample)
+        ctx.progress("passive samples", len(samples), ctx.samples)
 
     async def worker(index: int) -> None:
+        overlap = [True]  # next write while a data connection is in flight
+        in_flight = [0]
+        retest: list[str] = []  # verbs whose raced connection failed: ask again, unraced
+
+        async def connect(sample: PassiveSample, sock, host: str, raced: bool) -> None:
+            in_flight[0] += raced
+            try:
+                result = await finish_connect(sock, host, sample.port, ctx.timeout)
+            finally:
+                in_flight[0] -= raced
+            if not result.connected and raced:
+                overlap[0] = False
+                retest.append(sample.command)
+                remaining[0] += 1
+                sample.error = f"not counted (a later PASV/EPSV was in flight and may have closed it): {result.error}"
+            else:
+                sample.reachable, sample.error = result.connected, result.error
+            record(sample)
+
         try:
-            async with ctx.session(login=probe.login) as s:
+            async with ctx.session(login=probe.login) as s, trio.open_nursery() as nursery:
                 verbs = ["PASV", "EPSV"] if s.peer_address.version == 4 else ["EPSV"]
-                for turn in itertools.count():
+                turn = 0
+                while remaining[0] > 0 or in_flight[0]:
                     if remaining[0] <= 0:
-                        return
-                    remaining[0] -= 1
-                    verb = verbs[turn % len(verbs)]
-                    n = next(order)
-                    ex = await s.exchange(Command(verb))
-                    if ex.reply is None:
-                        errors.append(f"session {index}: {ex.describe()}")
-                        return
-                    if _transient(ex) and transient_left[0] > 0:
-                        transient_left[0] -= 1
-                        remaining[0] += 1  # not a sample: ask again after a pause
-                        await trio.sleep(BACKOFF[0])
+                        await trio.sleep(0.01)  # a raced connection may still ask for a retest
                         continue
-                    if ex.reply.code not in (227, 229):
-                        if verb == "EPSV" and len(verbs) > 1:
-                            verbs.remove("EPSV")
-                            remaining[0] += 1  # the refused EPSV does not count as a sample
+                    if retest:
+                        k, commands = 1, [Command(retest.pop())]
+                    else:
+                        k = 1 if turn == 0 else min(PIPELINE, remaining[0])
+                        commands = [Command(verbs[(turn + j) % len(verbs)]) for j in range(k)]
+                        turn += k
+                    remaining[0] -= k
+                    exchanges = await s.exchange_pipelined(commands)
+                    last_sample: PassiveSample | None = None
+                    for cmd, ex in zip(commands, exchanges):
+                        n = next(order)
+                        if ex.reply is None:
+                            errors.append(f"session {index}: {ex.describe()}")
+                            return
+                        if _transient(ex) and transient_left[0] > 0:
+                            transient_left[0] -= 1
+                            remaining[0] += 1  # not a sample: ask again after a pause
                             continue
-                        errors.append(f"session {index}: {ex.describe()}")
-                        return
-                    try:
-                        address, port = parse_passive(ex.reply)
-                    except ProtocolError as exc:
-                        errors.append(f"session {index}: {exc}")
+                        if ex.reply.code not in (227, 229):
+                            if cmd.verb == "EPSV" and len(verbs) > 1:
+                                if "EPSV" in verbs:
+                                    verbs.remove("EPSV")
+                                remaining[0] += 1  # the refused EPSV does not count as a sample
+                                continue
+                            errors.append(f"session {index}: {ex.describe()}")
+                            return
+                        try:
+                            address, port = parse_passive(ex.reply)
+                        except ProtocolError as exc:
+                            errors.append(f"session {index}: {exc}")
+                            continue
+                        if last_sample is not None:
+                            record(last_sample)  # superseded: its port was closed by this reply's command
+                        last_sample = PassiveSample(order=n, session=index, command=cmd.verb, port=port,
+                                                    address=str(address) if address else None, pipelined=k > 1)
+                        last_address = address
+                    if any(_transient(e) for e in exchanges):
+                        await trio.sleep(BACKOFF[0])  # then ask again
+                    if last_sample is None:
                         continue
-                    host = passive_target(s.peer_address, address, trust_pasv_address=ctx.trust_pasv_address)
-                    result = await probe_passive_port(host, port, ctx.timeout)
-                    samples.append(PassiveSample(order=n, session=index, command=verb, port=port,
-                                                 address=str(address) if address else None,
-                                                 reachable=result.connected, error=result.error))
-                    ctx.progress("passive samples", len(samples), ctx.samples)
+                    if exchanges[-1].code not in (227, 229):
+                        record(last_sample)  # a later command of the write may have closed its port: not tried
+                        continue
+                    host = passive_target(s.peer_address, last_address, trust_pasv_address=ctx.trust_pasv_address)
+                    sock = start_connect(host, last_sample.port)  # the SYN leaves before the next write
+                    raced = overlap[0] and remaining[0] > 0 and not in_flight[0]
+                    if raced:
+                        nursery.start_soon(connect, last_sample, sock, host, True)
+                    else:
+                        await connect(last_sample, sock, host, False)
         except FtpProbeError as exc:
             errors.append(f"session {index}: {exc}")
 

@@ -172,7 +172,25 @@ def load_targets(path: str, environ=None, defaults: dict | None = None) -> list[
     return sites
 
 
-async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_per_site: int = 2,
+def default_max_connections() -> int:
+    """The connection cap ``check`` uses by default: as many control
+    connections as the open-file limit allows, two descriptors each (the
+    control connection and a data connection), 100 kept for everything
+    else.  Raises the soft ``RLIMIT_NOFILE`` to the hard limit first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(2, (soft - 100) // 2)
+
+
+async def check_sites(sites: list[Site], *, max_connections: int | None = None, sessions_per_site: int = 1,
                       deadline: float = 300.0, site_deadline: float = 60.0,
                       progress=lambda message, done=None, total=None: None,
                       cert_warn_days: int = 14) -> list[SiteResult]:
@@ -180,7 +198,12 @@ async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_
     sessions open at once.  A site that does not finish within ``site_deadline``
     seconds, or before the overall ``deadline``, is reported down with the reason.
     ``cert_warn_days``: an FTPS site's certificate that expires within this
-    many days is a warning (``server.tls-certificate``)."""
+    many days is a warning (``server.tls-certificate``).  ``max_connections``:
+    by default :func:`default_max_connections`.  A plain-FTP site's probes
+    take turns in one logged-in session (``reuse_sessions``), a new one
+    only when a probe left it unclean."""
+    if max_connections is None:
+        max_connections = default_max_connections()
     parallel = max(1, max_connections // sessions_per_site)
     limiter = trio.CapacityLimiter(parallel)
     catalog = {p.name: p for p in load_catalog(vantage="server")}
@@ -191,11 +214,11 @@ async def check_sites(sites: list[Site], *, max_connections: int = 64, sessions_
         async with limiter:
             report = await run_probes(site.target, probes=[catalog[n] for n in site.probes], timeout=site.timeout,
                                       deadline=site_deadline, samples=site.samples, max_sessions=sessions_per_site,
-                                      cert_warn_days=cert_warn_days)
+                                      cert_warn_days=cert_warn_days, reuse_sessions=site.target.tls == "none")
             router = None
             if site.reflector:
                 router = await run_probes(reflector_target(site.reflector), timeout=site.timeout,
-                                          deadline=site_deadline, max_sessions=sessions_per_site,
+                                          deadline=site_deadline, max_sessions=max(2, sessions_per_site),
                                           vantage="reflector", other_port=DEFAULT_OTHER_PORT)
         results[site.name] = SiteResult(site, report, router=router)
         progress("sites checked", len(results), len(sites))

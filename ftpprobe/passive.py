@@ -78,7 +78,11 @@ class PassiveSample:
     address a 227 reply advertised (``None`` for 229); ``port``: advertised
     port (1..65535); ``reachable``: did a data connection to the control
     peer's address and that port succeed (``None``: not tried);
-    ``error``: why not.
+    ``error``: why not; ``pipelined``: the reply answered one of several
+    commands sent in one write (an ALG that inspects only the first command
+    or reply of a segment may have left it unrewritten, so its address is
+    no evidence: :func:`analyze` counts ``addresses`` from unpipelined
+    replies only).
     """
 
     order: int
@@ -88,6 +92,7 @@ class PassiveSample:
     address: str | None = None
     reachable: bool | None = None
     error: str = ""
+    pipelined: bool = False
 
 
 @dataclass
@@ -415,7 +420,8 @@ def _finish(result: PassiveMap, samples: list[PassiveSample]) -> PassiveMap:
     runs = _unreachable(samples)
     result.unreachable_ranges = [(first, last) for first, last, _ in runs]
     result.unreachable_runs = [{"first": first, "last": last, "samples": count} for first, last, count in runs]
-    result.addresses = dict(Counter(s.address for s in samples if s.address))
+    # Pipelined 227 replies may have passed an ALG unrewritten: no address evidence.
+    result.addresses = dict(Counter(s.address for s in samples if s.address and not s.pipelined))
     result.commands = dict(Counter(s.command for s in samples))
     return result
 

@@ -128,7 +128,8 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                      deadline: float = 120.0, samples: int = 20, max_sessions: int = 4,
                      trust_pasv_address: bool = False, progress=lambda message, done=None, total=None: None,
                      vantage: str = "server", other_port: int | None = None,
-                     from_lan: bool = False, cert_warn_days: int = 14) -> ProbeReport:
+                     from_lan: bool = False, cert_warn_days: int = 14,
+                     reuse_sessions: bool = False) -> ProbeReport:
     """Probe ``target`` with ``probes`` (default: the catalog's probes of ``vantage``).
 
     ``vantage="reflector"``: ``target`` is an ``ftpprobe reflect`` server
@@ -136,7 +137,9 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     carries the ALG fingerprint.  ``from_lan``: the prober is inside the
     site's LAN and ``target`` names its public address (decides path.hairpin).
     ``cert_warn_days``: a TLS certificate expiring within this many days is
-    reported (``server.tls-certificate``).
+    reported (``server.tls-certificate``).  ``reuse_sessions``: probes take
+    turns in one logged-in session where they leave it clean
+    (:attr:`ProbeContext.reuse_sessions`; ``check`` sets it).
 
     ``timeout``: seconds per connect/reply; ``deadline``: seconds for the whole
     run; ``samples``: passive replies for the mapping; ``max_sessions``:
@@ -152,7 +155,8 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     started = time.monotonic()
     ctx = ProbeContext(target, timeout=timeout, samples=samples, max_sessions=max_sessions,
                        trust_pasv_address=trust_pasv_address, progress=progress,
-                       other_port=other_port, expect_reflector=vantage == "reflector")
+                       other_port=other_port, expect_reflector=vantage == "reflector",
+                       reuse_sessions=reuse_sessions)
     observations: dict[str, Observation] = {}
     phase = "preflight (connect, greeting, login)"
     try:

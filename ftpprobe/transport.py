@@ -86,15 +86,45 @@ def _os_reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control") -> trio.SocketStream:
+def _literal(host: str) -> int | None:
+    """The address family of a literal IPv4/IPv6 address, None for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
+async def _connect_literal(host: str, port: int, family: int) -> trio.SocketStream:
+    """Connect to a literal address: one socket, no name lookup, no
+    happy-eyeballs nursery (what ``trio.open_tcp_stream`` costs per call)."""
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control",
+                   address: str | None = None) -> trio.SocketStream:
     """Open a TCP connection within ``timeout`` seconds.
+
+    ``address``: a literal address ``host`` is already known to resolve to
+    (connect there, no new name lookup).  A literal address is connected to
+    directly; a name goes through ``trio.open_tcp_stream``.
 
     Raises :class:`ConnectFailed` (refused, unreachable, unknown host, or
     timeout) with a message naming host and port.
     """
+    target = address or host
+    family = _literal(target)
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            if family is not None:
+                stream = await _connect_literal(target, port, family)
+            else:
+                stream = await trio.open_tcp_stream(host, port)
     except trio.TooSlowError:
         raise ConnectFailed(f"{what} connection to {host} port {port}: no answer within {timeout:g} s") from None
     except OSError as exc:
@@ -143,10 +173,11 @@ class ControlSession:
         self._local = stream.socket.getsockname()
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float) -> "ControlSession":
-        """Connect (no greeting read yet).  Raises :class:`ConnectFailed`, or
-        :class:`PeerClosed` if the peer resets before we know its address."""
-        stream = await open_tcp(host, port, timeout)
+    async def open(cls, host: str, port: int, timeout: float, *, address: str | None = None) -> "ControlSession":
+        """Connect (no greeting read yet) to ``host``, or to ``address`` when
+        the name's address is known already.  Raises :class:`ConnectFailed`,
+        or :class:`PeerClosed` if the peer resets before we know its address."""
+        stream = await open_tcp(host, port, timeout, address=address)
         try:
             return cls(stream, host, port, timeout)
         except OSError as exc:
@@ -406,6 +437,46 @@ class ControlSession:
         nudge = Exchange(sent=sent, outcome="reply", reply=first, elapsed=round(after, 3))
         self.history += [held, nudge]
         return held, nudge
+
+    async def exchange_pipelined(self, commands: list[Command], *, timeout: float | None = None) -> list[Exchange]:
+        """Send ``commands`` in one write and read their replies in order,
+        each within ``timeout`` (default: the session's).  Returns one
+        :class:`Exchange` per command answered, and for the first that got
+        no reply its outcome; the commands after it are left out (the
+        session is then unusable).  Each exchange's ``elapsed`` counts from
+        the write.  Never raises for the peer's behaviour."""
+        data = b"".join(c.encode() for c in commands)
+        started = time.monotonic()
+        out: list[Exchange] = []
+        try:
+            await self.send_raw([data])
+        except ReplyTimeout as exc:
+            ex = Exchange(commands[0].encode(), "timeout", elapsed=round(time.monotonic() - started, 3),
+                          tcp_info=TcpInfo.from_kernel(exc.tcp_info), error=str(exc))
+            self.history.append(ex)
+            return [ex]
+        except PeerClosed as exc:
+            ex = Exchange(commands[0].encode(), "reset" if exc.reset else "closed",
+                          elapsed=round(time.monotonic() - started, 3), error=str(exc))
+            self.history.append(ex)
+            return [ex]
+        for command in commands:
+            reply, outcome, error, tcp_info = None, "reply", "", None
+            try:
+                reply = await self.read_reply(timeout)
+            except ReplyTimeout as exc:
+                outcome, error, tcp_info = "timeout", str(exc), TcpInfo.from_kernel(exc.tcp_info)
+            except PeerClosed as exc:
+                outcome, error = ("reset" if exc.reset else "closed"), str(exc)
+            except ProtocolError as exc:
+                outcome, error = "malformed", str(exc)
+            ex = Exchange(sent=command.encode(), outcome=outcome, reply=reply,  # type: ignore[arg-type]
+                          elapsed=round(time.monotonic() - started, 3), tcp_info=tcp_info, error=error)
+            self.history.append(ex)
+            out.append(ex)
+            if reply is None:
+                break
+        return out
 
     async def command(self, command: Command, *, timeout: float | None = None) -> Reply:
         """Send ``command`` and return its reply, raising on any failure

@@ -47,7 +47,8 @@ async def test_full_probe_reports_what_pyftpdlib_does(pyftpd):
     assert 52000 <= p["observed_min"] <= p["observed_max"] <= 52019
     assert abs(p["estimate_low"] - 52000) <= 4 * p["uncertainty"] + 1
     assert abs(p["estimate_high"] - 52019) <= 4 * p["uncertainty"] + 1
-    assert p["allocation"] == "random" and p["reachable"] == p["tried"] == 40
+    # Pipelined PASV/EPSV: only the last port of each write is connected to.
+    assert p["allocation"] == "random" and p["samples"] == 40 and p["reachable"] == p["tried"] >= 5
 
 
 async def test_max_sessions_is_honoured_exactly(pyftpd):
@@ -97,8 +98,9 @@ async def test_masquerade_address_is_reported_as_mismatch_and_not_followed(pyftp
     assert f["server.pasv-address-mismatch"].status == "present"
     assert "192.0.2.77" in f["server.pasv-address-mismatch"].evidence[0]
     # data connections went to the control peer (127.0.0.1), where pyftpdlib listens
-    assert report.passive["reachable"] == 10
-    assert report.passive["addresses"] == {"192.0.2.77": report.passive["commands"]["PASV"]}
+    assert report.passive["reachable"] == report.passive["tried"] >= 1
+    # address evidence from unpipelined replies only (each session's first PASV)
+    assert set(report.passive["addresses"]) == {"192.0.2.77"}
 
 
 async def test_trusted_bogus_227_address_makes_pasv_ports_unreachable(pyftpd):
@@ -111,8 +113,9 @@ async def test_trusted_bogus_227_address_makes_pasv_ports_unreachable(pyftpd):
     f = {x.id: x for x in report.findings}
     unreachable = f["server.pasv-unreachable"]
     assert unreachable.status == "present" and unreachable.severity == "warning"
-    pasv = report.passive["commands"]["PASV"]
-    assert unreachable.evidence[0] == f"{8 - pasv} of 8 data connections succeeded"
+    p = report.passive
+    assert 0 < p["reachable"] < p["tried"]  # the EPSV ports reached, the PASV ones not
+    assert unreachable.evidence[0] == f"{p['reachable']} of {p['tried']} data connections succeeded"
     assert report.exit_code == 1
 
 
