@@ -98,7 +98,11 @@ async def main(port: int, delay: float, mark: int) -> None:
 
 
 async def serve(loop, conn: socket.socket, delay: float, mark: int) -> None:
-    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    try:
+        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:  # the client already gave up (reset before we looked)
+        conn.close()
+        return
     dport = struct.unpack_from("!H", raw, 2)[0]
     daddr = socket.inet_ntoa(raw[4:8])
     client = Half(loop, delay)

@@ -157,10 +157,14 @@ def run_case(name: str, args) -> dict:
             "--sessions", str(args.sessions)]
     if args.max_connections:
         argv += ["--max-connections", str(args.max_connections)]
+    if (profile := os.environ.get("BENCH_PYSPY")) and name == os.environ.get("BENCH_PYSPY_CASE", "fleet"):
+        # py-spy (pip install py-spy): a flame-graph-ready profile of this case.
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
+                "-o", f"{profile}.{name}-{args.sites}", "--", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode:
         raise SystemExit(f"case {name} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def machine() -> str:
