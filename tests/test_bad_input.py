@@ -82,7 +82,9 @@ async def test_227_naming_a_third_party_is_reported_and_never_followed():
     f = {x.id: x for x in report.findings}
     assert f["server.pasv-address-mismatch"].status == "present"
     assert "127.0.0.2" in f["server.pasv-address-mismatch"].evidence[0]
-    assert server.data_connections == 4  # every sample went to the control peer
+    # Every data connection tried went to the control peer (pipelined samples are
+    # connected to on a subset: the last port of each write).
+    assert server.data_connections == report.passive["tried"] >= 1
 
 
 async def test_227_with_numbers_over_255_is_a_clear_error():

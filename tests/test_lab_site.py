@@ -91,7 +91,7 @@ def test_helper_rewrites_the_reply_and_opens_the_pinhole():
         with reflector_in(lab, lab.srv, lab.SERVER):
             _, fingerprint = ftpprobe_in(lab, lab.out, "fingerprint", "--only", "alg-pasv-crlf,alg-epsv", lab.PUBLIC)
     f = by_id(report)
-    assert report["passive"]["addresses"] == {"203.0.113.1": report["passive"]["commands"]["PASV"]}
+    assert list(report["passive"]["addresses"]) == ["203.0.113.1"]  # from unpipelined replies
     assert f["server.pasv-private-address"]["status"] == "absent"
     assert f["server.pasv-unreachable"]["status"] == "absent"  # the helper's expectations let them in
     g = by_id(fingerprint)
@@ -103,7 +103,7 @@ def test_helper_rewrites_the_reply_and_opens_the_pinhole():
 @pytest.mark.parametrize("hairpin, expected", [("control", "present"), ("full", "absent")])
 def test_hairpin_from_the_lan(hairpin, expected):
     """A LAN client uses the site's public address.  With hairpin NAT for the
-    control port only, control works and data does not (seed 003); with it for
+    control port only, control works and data does not; with it for
     the passive range too, both work."""
     site = SiteLab(helper=False, forward=RANGE, hairpin=hairpin)
     with running(site) as lab, pyftpdlib_in(lab, masquerade=SiteLab.PUBLIC):
@@ -113,9 +113,11 @@ def test_hairpin_from_the_lan(hairpin, expected):
     f = by_id(report)
     assert report["error"] == ""  # the control connection worked from the LAN
     assert f["path.hairpin"]["status"] == expected
+    tried = report["passive"]["tried"]
+    assert tried >= 1
     assert f["path.hairpin"]["evidence"][1] == (
-        "0 of 8 passive data connections to 203.0.113.1 succeeded" if expected == "present"
-        else "8 of 8 passive data connections to 203.0.113.1 succeeded")
+        f"0 of {tried} passive data connections to 203.0.113.1 succeeded" if expected == "present"
+        else f"{tried} of {tried} passive data connections to 203.0.113.1 succeeded")
     # from outside the same site works, and path.hairpin is not decidable there
     assert by_id(outside)["server.pasv-unreachable"]["status"] == "absent"
     assert by_id(outside)["path.hairpin"]["status"] == "skipped"
@@ -156,9 +158,9 @@ def test_control_port_2121_and_where_the_helper_listens(helper_port, rewritten):
         code, report = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "6", f"ftp://{lab.PUBLIC}:2121/")
     f = by_id(report)
     if rewritten:
-        assert report["passive"]["addresses"] == {"203.0.113.1": report["passive"]["commands"]["PASV"]}
+        assert list(report["passive"]["addresses"]) == ["203.0.113.1"]  # from unpipelined replies
         assert f["server.pasv-unreachable"]["status"] == "absent"
     else:
-        assert report["passive"]["addresses"] == {"192.168.1.10": report["passive"]["commands"]["PASV"]}
+        assert list(report["passive"]["addresses"]) == ["192.168.1.10"]  # from unpipelined replies
         assert f["server.pasv-private-address"]["status"] == "present"
         assert f["server.pasv-unreachable"]["status"] == "present"
