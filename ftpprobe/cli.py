@@ -593,7 +593,7 @@ def list_probes(as_json):
 
 
 #: ``demo --router``: name -> the emulated middlebox's personalities (ftpprobe.middlebox).
-DEMO_ROUTERS = {"seed": ("stall-space-lf", "canonical-port"), "libalias": ("libalias",),
+DEMO_ROUTERS = {"consumer": ("stall-space-lf", "canonical-port"), "libalias": ("libalias",),
                 "userland-proxy": ("userland-proxy",), "strict-firewall": ("strict-firewall",), "none": ()}
 
 
@@ -605,11 +605,11 @@ text and its router stalls on 'PASV \\n'.
 @click.option("--json", "as_json", is_flag=True, help='One JSON object on stdout: {"server": ..., "router": ...}.')
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
               help="Seconds for each reply (the stall probes wait this long).")
-@click.option("--router", type=click.Choice(sorted(DEMO_ROUTERS)), default="seed", show_default=True,
-              help="The emulated router: 'seed' (stalls after 'PASV \\n', rewrites PORT whole), 'libalias' (BSD "
+@click.option("--router", type=click.Choice(sorted(DEMO_ROUTERS)), default="consumer", show_default=True,
+              help="The emulated router: 'consumer' (a home router that stalls after 'PASV \\n' and rewrites PORT whole), 'libalias' (BSD "
                    "natd/ipfw nat), 'userland-proxy' (OpenBSD ftp-proxy), 'strict-firewall' (Cisco ASA inspect ftp "
                    "strict) or 'none' (NAT without an ALG).")
-def demo(as_json, timeout, router="seed"):
+def demo(as_json, timeout, router="consumer"):
     """Probe a real pyftpdlib server and fingerprint an emulated router, all on loopback.
 
     The server has a deliberately small passive range (10 ports), a limit of

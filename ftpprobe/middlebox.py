@@ -1,14 +1,14 @@
-"""Emulated middleboxes: a trio TCP proxy with the quirk personalities of the seeds.
+"""Emulated middleboxes: a trio TCP proxy with the quirk personalities of known routers.
 
 For fast tests and for ``ftpprobe demo``; never a substitute for the kernel
 ALG in the tests that decide a finding (see ``tests/test_lab_kernel_alg.py``).
 
 Personalities (combine several):
 
-* ``stall-space-lf`` -- seed 000: after the client sends ``PASV \\n`` (space,
+* ``stall-space-lf`` -- a consumer router seen in the field: after the client sends ``PASV \\n`` (space,
   bare LF) the box holds back all of the server's traffic until the client
   sends a line ended by CRLF.
-* ``psw`` -- seed 003: an SMC Barricade rewrites ``PASV`` to ``P@SW``.
+* ``psw`` -- an SMC Barricade rewrites ``PASV`` to ``P@SW``.
 * ``canonical-port`` -- an ALG that rewrites the whole PORT/EPRT line in its own
   spelling (upper case, one space, CRLF) with its outward address and a port
   of its own, and forwards the data connection that arrives there to the

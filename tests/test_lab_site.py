@@ -151,7 +151,7 @@ def test_pure_ftpd_announcing_public_address_with_no_range_forwarded_is_critical
 @pytest.mark.parametrize("helper_port, rewritten", [(21, False), (2121, True)])
 def test_control_port_2121_and_where_the_helper_listens(helper_port, rewritten):
     """The site forwards public port 2121 to the server's 21, no passive range.
-    A helper on 21 never sees the session (seed 002/004: changing the control
+    A helper on 21 never sees the session (changing the control
     port breaks the ALG); a helper on 2121 rewrites the reply and opens pinholes."""
     site = SiteLab(helper=True, forward=None, control_port=2121, helper_port=helper_port)
     with running(site) as lab, pyftpdlib_in(lab):
