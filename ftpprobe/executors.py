@@ -152,7 +152,16 @@ class ProbeContext:
         if self._spare is not None:
             spare, self._spare = self._spare, None
             await spare.aclose()
-            self.limiter.release_on_behalf_of(self._spare_token)
+            self._release(self._spare_token)
+
+    def _release(self, token: object) -> None:
+        """Give a session's limiter slot back and wake the probes waiting in :meth:`_reused`."""
+        self.limiter.release_on_behalf_of(token)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._handed_back.set()
+        self._handed_back = trio.Event()
 
     @asynccontextmanager
     async def session(self, *, login: bool = True, port: int | None = None,
@@ -181,17 +190,24 @@ class ProbeContext:
                 yield spare
             finally:
                 await spare.aclose()
-                self.limiter.release_on_behalf_of(self._spare_token)
+                self._release(self._spare_token)
             return
-        async with self.limiter:
-            s = await self._establish(login, port or self.target.port, plain=plain)
-            try:
-                yield s
-            finally:
-                await s.aclose()
+        try:
+            async with self.limiter:
+                s = await self._establish(login, port or self.target.port, plain=plain)
+                try:
+                    yield s
+                finally:
+                    await s.aclose()
+        finally:
+            self._wake()
 
-    #: Seconds between looks for a session handed back (``reuse_sessions``).
-    REUSE_POLL = 0.02
+    #: Seconds between looks for a free limiter slot (``reuse_sessions``)
+    #: when nothing said one came free: every session of this context wakes
+    #: the waiters when it is handed back or closed, so this only bounds the
+    #: wait for a slot released outside it (an action holding ``limiter``
+    #: itself).
+    REUSE_POLL = 0.25
 
     @asynccontextmanager
     async def _reused(self) -> AsyncIterator[ControlSession]:
@@ -213,7 +229,7 @@ class ProbeContext:
             try:
                 s = await self._establish(True, self.target.port)
             except BaseException:
-                self.limiter.release_on_behalf_of(token)
+                self._release(token)
                 raise
             break
         try:
@@ -223,11 +239,10 @@ class ProbeContext:
             if (self._spare is None and last is not None and last.outcome == "reply" and not s.reader.buffered
                     and not s._eof):
                 self._spare, self._spare_token = s, token
-                self._handed_back.set()
-                self._handed_back = trio.Event()
+                self._wake()
             else:
                 await s.aclose()
-                self.limiter.release_on_behalf_of(token)
+                self._release(token)
 
     async def _establish(self, login: bool, port: int, *, plain: bool = False) -> ControlSession:
         """Open, greet and log in.  On a 421 greeting the slot count shrinks by

@@ -177,9 +177,16 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                 _lower_limit(ctx, observations[probe.name])
 
             phase = "probes"
-            async with trio.open_nursery() as nursery:
-                for probe in (p for p in probes if not p.exclusive):
-                    nursery.start_soon(_observe_into, ctx, probe, observations)
+            rest = [p for p in probes if not p.exclusive]
+            if reuse_sessions and ctx.limiter.total_tokens == 1:
+                # One session at a time, handed from probe to probe: in turn,
+                # no task, nursery or wait per probe (check's quick probes).
+                for probe in rest:
+                    observations[probe.name] = await _observe(ctx, probe)
+            else:
+                async with trio.open_nursery() as nursery:
+                    for probe in rest:
+                        nursery.start_soon(_observe_into, ctx, probe, observations)
     finally:
         with trio.CancelScope(shield=True):
             await ctx.aclose()

@@ -94,16 +94,52 @@ def _literal(host: str) -> int | None:
         return None
 
 
-async def _connect_literal(host: str, port: int, family: int) -> trio.SocketStream:
-    """Connect to a literal address: one socket, no name lookup, no
-    happy-eyeballs nursery (what ``trio.open_tcp_stream`` costs per call)."""
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+async def _connect_literal(host: str, port: int, family: int) -> tuple[trio.SocketStream, socket.socket]:
+    """Connect to a literal address: one non-blocking socket, no name
+    lookup, no happy-eyeballs nursery (what ``trio.open_tcp_stream`` costs
+    per call).  Returns the stream and its stdlib socket (for
+    :class:`ControlSession`'s direct reads and writes)."""
+    raw = socket.socket(family, socket.SOCK_STREAM)
     try:
-        await sock.connect((host, port))
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        err = raw.connect_ex((host, port))
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+            await trio.lowlevel.wait_writable(raw)
+            err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
     except BaseException:
-        sock.close()
+        raw.close()
         raise
-    return trio.SocketStream(sock)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(raw)), raw
+
+
+async def _open(host: str, port: int, timeout: float, what: str,
+                address: str | None) -> tuple[trio.SocketStream, socket.socket | None]:
+    """:func:`open_tcp`, also returning the stdlib socket of a literal address's connection."""
+    target = address or host
+    family = _literal(target)
+    raw = None
+    try:
+        with trio.fail_after(timeout):
+            if family is not None:
+                stream, raw = await _connect_literal(target, port, family)
+            else:
+                stream = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise ConnectFailed(f"{what} connection to {host} port {port}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        reason = _os_reason(exc)
+        if isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve host name ({reason})"
+        raise ConnectFailed(f"{what} connection to {host} port {port}: {reason}") from None
+    if raw is None:
+        try:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        except OSError:
+            pass  # reset already: the first read or write reports it
+    return stream, raw
 
 
 async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control",
@@ -117,25 +153,7 @@ async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control
     Raises :class:`ConnectFailed` (refused, unreachable, unknown host, or
     timeout) with a message naming host and port.
     """
-    target = address or host
-    family = _literal(target)
-    try:
-        with trio.fail_after(timeout):
-            if family is not None:
-                stream = await _connect_literal(target, port, family)
-            else:
-                stream = await trio.open_tcp_stream(host, port)
-    except trio.TooSlowError:
-        raise ConnectFailed(f"{what} connection to {host} port {port}: no answer within {timeout:g} s") from None
-    except OSError as exc:
-        reason = _os_reason(exc)
-        if isinstance(exc, socket.gaierror):
-            reason = f"cannot resolve host name ({reason})"
-        raise ConnectFailed(f"{what} connection to {host} port {port}: {reason}") from None
-    try:
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-    except OSError:
-        pass  # reset already: the first read or write reports it
+    stream, _ = await _open(host, port, timeout, what, address)
     return stream
 
 
@@ -156,8 +174,14 @@ class ControlSession:
     connection underneath (for TCP_INFO).
     """
 
-    def __init__(self, stream: trio.SocketStream, host: str, port: int, timeout: float) -> None:
+    def __init__(self, stream: trio.SocketStream, host: str, port: int, timeout: float,
+                 raw: socket.socket | None = None) -> None:
         self.stream: trio.abc.Stream = stream
+        #: The stdlib socket under ``stream`` when known (:meth:`open`): plain
+        #: FTP reads and writes it directly, waiting through trio only when
+        #: it would block (no task switch or cancel scope for a write that
+        #: fits the send buffer, or a reply already received).
+        self._raw = raw
         self.tcp = stream  # the TCP connection, also under TLS
         self.tls: trio.SSLStream | None = None
         self.password_sent_in_tls = False
@@ -177,9 +201,9 @@ class ControlSession:
         """Connect (no greeting read yet) to ``host``, or to ``address`` when
         the name's address is known already.  Raises :class:`ConnectFailed`,
         or :class:`PeerClosed` if the peer resets before we know its address."""
-        stream = await open_tcp(host, port, timeout, address=address)
+        stream, raw = await _open(host, port, timeout, "control", address)
         try:
-            return cls(stream, host, port, timeout)
+            return cls(stream, host, port, timeout, raw=raw)
         except OSError as exc:
             await stream.aclose()
             raise _closed_error(exc, "connecting") from None
@@ -252,6 +276,14 @@ class ControlSession:
             for i, chunk in enumerate(chunks):
                 if i:
                     await trio.sleep(pause)
+                if self._raw is not None and self.tls is None:
+                    try:
+                        sent = self._raw.send(chunk)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent == len(chunk):
+                        continue
+                    chunk = chunk[sent:]  # the send buffer is full: wait, within the timeout
                 with trio.fail_after(self.timeout):
                     await self.stream.send_all(chunk)
         except trio.TooSlowError:
@@ -267,14 +299,22 @@ class ControlSession:
         :class:`ProtocolError` (malformed or oversized reply).
         """
         timeout = self.timeout if timeout is None else timeout
+        raw = self._raw if self.tls is None else None
+        if raw is not None:
+            # Without a cancel scope while the reply (or its missing part) is already here.
+            while (reply := self._received(raw)) is not NEED_DATA:
+                if reply is not None:
+                    return reply  # type: ignore[return-value]
         with trio.move_on_after(timeout):
             while True:
                 reply = self.reader.next_reply()
                 if reply is not NEED_DATA:
                     return reply  # type: ignore[return-value]
-                if self._eof:
-                    raise PeerClosed("connection closed by peer"
-                                     + (f" after '{escape(self.reader.buffered[:60])}'" if self.reader.buffered else ""))
+                self._check_eof()
+                if raw is not None:
+                    await trio.lowlevel.wait_readable(raw)
+                    self._received(raw)
+                    continue
                 try:
                     data = await self.stream.receive_some(65536)
                 except (trio.BrokenResourceError, OSError) as exc:
@@ -284,6 +324,31 @@ class ControlSession:
                 self.reader.feed(data)
         raise ReplyTimeout(f"no complete reply within {timeout:g} s",
                            tcp_info=self.tcp_info(), partial=self.reader.buffered[:200])
+
+    def _check_eof(self) -> None:
+        if self._eof:
+            raise PeerClosed("connection closed by peer"
+                             + (f" after '{escape(self.reader.buffered[:60])}'" if self.reader.buffered else ""))
+
+    def _received(self, raw: socket.socket) -> Reply | None | object:
+        """One step of a direct read: a complete reply already buffered, else
+        ``None`` after reading what the socket holds, or :data:`NEED_DATA`
+        when it holds nothing (wait for it).  Raises :class:`PeerClosed` and
+        :class:`ProtocolError` like :meth:`read_reply`."""
+        reply = self.reader.next_reply()
+        if reply is not NEED_DATA:
+            return reply
+        self._check_eof()
+        try:
+            data = raw.recv(65536)
+        except BlockingIOError:
+            return NEED_DATA
+        except OSError as exc:
+            raise _closed_error(exc, "reading") from None
+        if not data:
+            self._eof = True
+        self.reader.feed(data)
+        return None
 
     async def start_tls(self, context, server_hostname: str | None) -> None:
         """Wrap the control connection in TLS and complete the handshake
