@@ -827,9 +827,12 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
         except FtpProbeError as exc:
             errors.append(f"session {index}: {exc}")
 
-    async with trio.open_nursery() as nursery:
-        for i in range(workers):
-            nursery.start_soon(worker, i)
+    if workers == 1:
+        await worker(0)
+    else:
+        async with trio.open_nursery() as nursery:
+            for i in range(workers):
+                nursery.start_soon(worker, i)
     return PassiveMapObs(probe.name, samples=tuple(samples), errors=tuple(errors), sessions=workers,
                          wanted=ctx.samples)
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 #: Default confidence that [estimate_low, estimate_high] covers the true range.
 DEFAULT_CONFIDENCE = 0.99
@@ -174,11 +174,24 @@ class PassiveMap:
         return self.estimate_high - self.estimate_low + 1
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """Every field (lists and dicts copied: the dict shares nothing
+        mutable with the map), ``reachable_share`` and ``width``;
+        ``unreachable_ranges`` as lists."""
+        d = {}
+        for name in _MAP_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = [dict(v) if isinstance(v, dict) else v for v in value]
+            elif isinstance(value, dict):
+                value = dict(value)
+            d[name] = value
         d["reachable_share"] = self.reachable_share
         d["width"] = self.width
         d["unreachable_ranges"] = [list(r) for r in self.unreachable_ranges]
         return d
+
+
+_MAP_FIELDS = tuple(f.name for f in fields(PassiveMap))
 
 
 def format_ranges(ranges: list[tuple[int, int]]) -> str:

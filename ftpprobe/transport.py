@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import ipaddress
 import socket
@@ -213,12 +214,12 @@ class ControlSession:
     # Read once at connect time: after a reset, getpeername() fails (ENOTCONN)
     # and the addresses are still needed for the evidence.
 
-    @property
+    @functools.cached_property
     def peer_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The control peer's IP address: the only address data connections go to by default."""
         return ipaddress.ip_address(self._peer[0])
 
-    @property
+    @functools.cached_property
     def local_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """Our own address on the control connection (what PORT should name)."""
         return ipaddress.ip_address(self._local[0])
@@ -245,16 +246,29 @@ class ControlSession:
         (a stalled path) is closed at once.  Never raises; shielded from
         cancellation.
         """
+        raw = self._raw if self.tls is None else None
         with trio.CancelScope(shield=True):
             last = self.history[-1].outcome if self.history else "reply"
             if self.greeting is not None and not self._eof and last == "reply":
                 with trio.move_on_after(min(self.timeout, self.QUIT_WAIT)):
                     try:
-                        await self.stream.send_all(b"QUIT\r\n")
-                        while await self.stream.receive_some(4096):
-                            pass  # the 221 reply, then the server's FIN
-                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        if raw is not None:
+                            await self.send_raw([b"QUIT\r\n"])
+                            while True:  # the 221 reply, then the server's FIN
+                                try:
+                                    if not raw.recv(4096):
+                                        break
+                                except BlockingIOError:
+                                    await trio.lowlevel.wait_readable(raw)
+                        else:
+                            await self.stream.send_all(b"QUIT\r\n")
+                            while await self.stream.receive_some(4096):
+                                pass  # the 221 reply, then the server's FIN
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, PeerClosed, ReplyTimeout):
                         pass
+            if raw is not None:  # a plain socket's close cannot block
+                await self.stream.aclose()
+                return
             with trio.move_on_after(1):
                 try:
                     await self.stream.aclose()
