@@ -35,6 +35,12 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subpro
                           timeout=timeout, env=env)
 
 
+def drawn(passive: dict, wanted: int) -> bool:
+    """A pasv-map collected its ``wanted`` samples: one more per session when a
+    raced data connection failed (not counted, its verb asked again unraced)."""
+    return wanted <= passive["samples"] <= wanted + passive["sessions"]
+
+
 def findings_by_id(report: dict) -> dict[str, dict]:
     return {f["id"]: f for f in report["findings"]}
 

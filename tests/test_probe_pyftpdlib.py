@@ -12,7 +12,7 @@ from ftpprobe.rules import RULES
 from ftpprobe.runner import run_probes
 from ftpprobe.target import Target
 
-from conftest import findings_by_id, run_cli, run_json
+from conftest import drawn, findings_by_id, run_cli, run_json
 
 
 def target_of(server) -> Target:
@@ -48,7 +48,7 @@ async def test_full_probe_reports_what_pyftpdlib_does(pyftpd):
     assert abs(p["estimate_low"] - 52000) <= 4 * p["uncertainty"] + 1
     assert abs(p["estimate_high"] - 52019) <= 4 * p["uncertainty"] + 1
     # Pipelined PASV/EPSV: only the last port of each write is connected to.
-    assert p["allocation"] == "random" and p["samples"] == 40 and p["reachable"] == p["tried"] >= 5
+    assert p["allocation"] == "random" and drawn(p, 40) and p["reachable"] == p["tried"] >= 5
 
 
 async def test_max_sessions_is_honoured_exactly(pyftpd):
@@ -154,7 +154,7 @@ def test_cli_credentials_from_environment(pyftpd):
     env = {**os.environ, "FTPPROBE_USER": server.user, "FTPPROBE_PASSWORD": server.password, "NETRC": "/nonexistent"}
     code, report = run_json("map-pasv", "--samples", "5", f"ftp://{server.host}:{server.port}/", env=env)
     assert code == 0, report
-    assert report["passive"]["samples"] == 5
+    assert drawn(report["passive"], 5)
 
 
 def test_demo_runs_and_prints_a_report():
@@ -203,7 +203,7 @@ def test_wide_range_10000_65535_is_mapped_in_bounded_samples(pyftpd):
     code, report = run_json("map-pasv", "--samples", "30", "--timeout", "2", "--deadline", "60", server.url)
     f = findings_by_id(report)
     p = report["passive"]
-    assert p["samples"] == 30 and p["uncertainty"] > 0
+    assert drawn(p, 30) and p["uncertainty"] > 0
     assert f"extended by {p['uncertainty']} port(s) each side" in f["server.pasv-range"]["evidence"][0]
     assert 10000 <= p["observed_min"] and p["observed_max"] <= 65535
     assert abs(p["estimate_low"] - 10000) <= 6 * p["uncertainty"] and abs(p["estimate_high"] - 65535) <= 6 * p["uncertainty"]
