@@ -237,7 +237,7 @@ class ProbeContext:
         finally:
             last = s.history[-1] if s.history else None
             if (self._spare is None and last is not None and last.outcome == "reply" and not s.reader.buffered
-                    and not s._eof):
+                    and not s._eof and not s.closed):
                 self._spare, self._spare_token = s, token
                 self._wake()
             else:

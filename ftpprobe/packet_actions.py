@@ -21,7 +21,7 @@ from .codec import Command, encode_port, replace_argument
 from .data import ActiveListener
 from .executors import ProbeContext, _evidence_exchanges, _reflection, action
 from .observations import Exchange, Hop, HopsObs, ResetCaptureObs, Skipped
-from .packets import ACK, CaptureError, Quoted, attribute_resets, capturing, permission_problem
+from .packets import ACK, CaptureError, Quoted, attribute_resets, capturing, permission_problem, warm_up
 
 #: Seconds to keep capturing after the command's outcome, for a late RST.
 LINGER = 0.3
@@ -29,8 +29,19 @@ LINGER = 0.3
 HOP_WAIT = 1.0
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 async def _ipv4_peer(ctx: ProbeContext, port: int) -> str | None:
     """The IPv4 address the control connection goes to, or ``None`` (IPv6, or no address)."""
+    known = ctx._address or (ctx.target.host if _is_ip(ctx.target.host) else None)
+    if known is not None:  # the run's own address (no lookup, and no wait before the session queue)
+        return known if ipaddress.ip_address(known).version == 4 else None
     try:
         infos = await trio.socket.getaddrinfo(ctx.target.host, port, type=socket.SOCK_STREAM)
     except OSError:
@@ -56,8 +67,9 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
     by packet; every RST that arrives is attributed to the peer or a
     middlebox (:func:`ftpprobe.packets.attribute_resets`).
 
-    A NOOP first gives the peer's own packets to compare with (the session
-    may be the preflight's, opened before the capture).  Skipped without
+    The capture starts once the probe has its session (the preflight's, or
+    a new one), so a NOOP first gives the peer's own packets to compare
+    with; it lasts until the session is closed.  Skipped without
     capture permission or an IPv4 peer.  Raises :class:`FtpProbeError` when
     the session fails before PORT is sent.
     """
@@ -66,9 +78,13 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
     host, skipped = await _preconditions(ctx, probe, port)
     if skipped is not None:
         return skipped
+    # scapy loads (in a thread of its own) while this probe waits for a
+    # session, and the capture starts once it has one: it never runs (with
+    # every packet on the interface to look at) while the probe waits its turn.
+    trio.lowlevel.start_thread_soon(warm_up, lambda _: None)
     try:
-        async with capturing(host, port) as cap:
-            async with ctx.session(login=probe.login) as s:
+        async with ctx.session(login=probe.login) as s:
+            async with capturing(host, port) as cap:
                 local, peer = (str(s.local_address), s.local_port), (str(s.peer_address), port)
                 await s.exchange(Command("NOOP"))
                 async with ActiveListener(local[0]) as listener:
@@ -76,6 +92,7 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
                     ex = await s.exchange(cmd)
                 await trio.sleep(LINGER)
                 exchanges = _evidence_exchanges(s)
+                await s.aclose()  # QUIT and the server's close captured too, as ever
     except CaptureError as exc:
         return Skipped(probe.name, reason=str(exc))
     segments = cap.connection(local, peer)

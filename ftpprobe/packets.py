@@ -301,6 +301,18 @@ def _route_interface(host: str) -> str:
     return str(conf.route.route(host)[0])
 
 
+def warm_up() -> None:
+    """Import what :meth:`Capture.start` imports (blocking: run it in a
+    thread), so a capture started later starts at once.  Never raises."""
+    try:
+        from scapy.arch.common import compile_filter  # noqa: F401
+        from scapy.layers.inet import IP  # noqa: F401
+        from scapy.sendrecv import AsyncSniffer  # noqa: F401
+        from scapy.utils import PcapWriter  # noqa: F401
+    except Exception:  # noqa: BLE001 -- no scapy: Capture.start says so
+        pass
+
+
 class Capture:
     """Capture the packets of one peer on the interface that routes to it.
 

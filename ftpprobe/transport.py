@@ -194,6 +194,8 @@ class ControlSession:
         self.greeting: Reply | None = None
         self.password_sent = False
         self._eof = False
+        #: :meth:`aclose` ran (a second call does nothing).
+        self.closed = False
         self._peer = stream.socket.getpeername()
         self._local = stream.socket.getsockname()
 
@@ -246,6 +248,9 @@ class ControlSession:
         (a stalled path) is closed at once.  Never raises; shielded from
         cancellation.
         """
+        if self.closed:
+            return
+        self.closed = True
         raw = self._raw if self.tls is None else None
         with trio.CancelScope(shield=True):
             last = self.history[-1].outcome if self.history else "reply"
