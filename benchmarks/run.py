@@ -12,7 +12,10 @@ directions, control and data connections), and an nftables rule that
 redirects every TCP connection to 127.0.0.77 to the proxy (which reads the
 original destination with ``SO_ORIGINAL_DST``); see ../shared/DESIGN.md,
 "Latency".  Each case runs in its own interpreter; numbers are printed, never
-asserted.  The client's connect completes at the proxy, so connects cost no
+asserted.  The check rows also give ftpprobe's own CPU (its process only,
+user and system) and the CPU the server and the proxy used meanwhile: all
+three share the machine's cores, and the single-threaded pyftpdlib server
+stands in for every site.  The client's connect completes at the proxy, so connects cost no
 round trip here (for ftplib and ftpprobe alike).
 """
 
@@ -107,16 +110,19 @@ def case_fleet(args) -> dict:
 
     sites = [Site(f"site-{i}", Target(SERVER, PORT), timeout=5.0, samples=10, probes=CHECK_PROBES)
              for i in range(args.sites)]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     cpu = time.process_time()
     results = trio.run(lambda: check_sites(sites, **({"max_connections": args.max_connections}
                                                      if args.max_connections else {})))
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss = usage.ru_maxrss - usage0.ru_maxrss
     down = [r.report.error for r in results if r.report.error]
     return {"wall": wall, "cpu_per_site_ms": cpu * 1000 / len(sites), "rss_per_site_kb": rss / len(sites),
+            "user_per_site_ms": (usage.ru_utime - usage0.ru_utime) * 1000 / len(sites),
+            "sys_per_site_ms": (usage.ru_stime - usage0.ru_stime) * 1000 / len(sites),
             "sites": len(sites), "down": len(down), "first_error": down[0] if down else "",
             "statuses": sorted({r.status for r in results})}
 
@@ -152,7 +158,13 @@ table ip ftpprobe_bench {{
     return [server, proxy]
 
 
-def run_case(name: str, args) -> dict:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (/proc/PID/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_case(name: str, args, procs: list[subprocess.Popen] | None = None) -> dict:
     argv = [sys.executable, __file__, "--case", name, "--samples", str(args.samples), "--sites", str(args.sites),
             "--sessions", str(args.sessions)]
     if args.max_connections:
@@ -161,10 +173,15 @@ def run_case(name: str, args) -> dict:
         # py-spy (pip install py-spy): a flame-graph-ready profile of this case.
         argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
                 "-o", f"{profile}.{name}-{args.sites}", "--", *argv]
+    before = [process_cpu(p.pid) for p in procs or ()]
     done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode:
         raise SystemExit(f"case {name} failed:\n{done.stderr}")
-    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    if procs:
+        # The server and the proxy share the machine's cores with ftpprobe: their CPU, per case.
+        result["server_cpu"], result["proxy_cpu"] = (process_cpu(p.pid) - b for p, b in zip(procs, before))
+    return result
 
 
 def machine() -> str:
@@ -201,10 +218,10 @@ def main() -> None:
     procs = build_path(args.rtt_ms)
     try:
         only = args.only.split(",")
-        r = {name: run_case(name, args) for name in ("ftplib", "map", "probe", "fleet") if name in only}
+        r = {name: run_case(name, args, procs) for name in ("ftplib", "map", "probe", "fleet") if name in only}
         if "fleet" in only:
             one = argparse.Namespace(**{**vars(args), "sites": 1})
-            r["fleet1"] = run_case("fleet", one)
+            r["fleet1"] = run_case("fleet", one, procs)
     finally:
         for p in procs:
             p.terminate()
@@ -234,6 +251,13 @@ def main() -> None:
         fl, one = r["fleet"], r["fleet1"]
         rows.append((f"check, {fl['sites']} sites", f"{fl['wall']:.2f} s ({fl['down']} down)",
                      f"{fl['cpu_per_site_ms']:.2f} ms CPU/site", f"{fl['rss_per_site_kb']:.0f} KB/site"))
+        rows.append(("  ftpprobe's CPU: user + system", "", f"{fl['user_per_site_ms']:.2f} + "
+                     f"{fl['sys_per_site_ms']:.2f} ms/site", f"{fl['cpu_per_site_ms'] * fl['sites'] / 1000:.2f} s "
+                     f"for {fl['sites']} sites"))
+        n = fl["sites"]
+        rows.append(("  server and proxy CPU (same cores)", f"server {fl['server_cpu'] * 1000 / n:.2f} ms/site",
+                     f"proxy {fl['proxy_cpu'] * 1000 / n:.2f} ms/site",
+                     f"server alone {fl['server_cpu']:.2f} s (one thread)"))
         rows.append(("check, 1 site", f"{one['wall']:.2f} s", f"{one['cpu_per_site_ms']:.1f} ms CPU",
                      f"{fl['wall'] / one['wall']:.1f}x for {fl['sites']}x the sites"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
