@@ -752,7 +752,8 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
         retest: list[str] = []  # verbs whose raced connection failed: ask again, unraced
 
         async def connect(sample: PassiveSample, sock, host: str, raced: bool) -> None:
-            in_flight[0] += raced
+            # A raced connection was counted in ``in_flight`` by the caller, before
+            # start_soon: a task not yet started must still keep the session's loop going.
             try:
                 result = await finish_connect(sock, host, sample.port, ctx.timeout)
             finally:
@@ -821,6 +822,7 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                     sock = start_connect(host, last_sample.port)  # the SYN leaves before the next write
                     raced = overlap[0] and remaining[0] > 0 and not in_flight[0]
                     if raced:
+                        in_flight[0] += 1
                         nursery.start_soon(connect, last_sample, sock, host, True)
                     else:
                         await connect(last_sample, sock, host, False)
