@@ -27,7 +27,6 @@ before its own command, like every executor.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 
@@ -36,31 +35,14 @@ import trio
 from .catalog import Probe
 from .codec import Command, replace_argument
 from .data import ActiveListener
-from .errors import ConnectFailed, FtpProbeError, PeerClosed, ProtocolError, ReplyTimeout
+from .errors import ConnectFailed, PeerClosed, ProtocolError, ReplyTimeout
 from .executors import ProbeContext, _active_argument, _control_port, _evidence_exchanges, _reflection, action
-from .observations import Exchange, ReflectReplyObs, ReflectVariantObs, Skipped, SynObs, SynSeen, TcpInfo
+from .observations import Exchange, ReflectReplyObs, ReflectVariantObs, Skipped, SynObs, SynSeen
 from .reflector import SYST_TEXT, parse_syn_reply
 from .transport import ControlSession, read_tcp_info
 
 #: The MSS (bytes) our ``reflect-syn`` SYN advertises: below any common clamp.
 PROBE_MSS = 1000
-
-
-async def _read_one(s: ControlSession, sent: bytes, timeout: float) -> Exchange:
-    """One reply as an :class:`Exchange` for ``sent`` (already written); never
-    raises for the peer's behaviour."""
-    started = time.monotonic()
-    reply, outcome, error, info = None, "reply", "", None
-    try:
-        reply = await s.read_reply(timeout)
-    except ReplyTimeout as exc:
-        outcome, error, info = "timeout", str(exc), TcpInfo.from_kernel(exc.tcp_info)
-    except PeerClosed as exc:
-        outcome, error = ("reset" if exc.reset else "closed"), str(exc)
-    except ProtocolError as exc:
-        outcome, error = "malformed", str(exc)
-    return Exchange(sent=sent, outcome=outcome, reply=reply, elapsed=round(time.monotonic() - started, 3),  # type: ignore[arg-type]
-                    tcp_info=info, error=error)
 
 
 def _is_active_line(ex: Exchange) -> bool:
@@ -108,9 +90,9 @@ async def run_reflect_variant(ctx: ProbeContext, probe: Probe) -> ReflectVariant
                 return ReflectVariantObs(probe.name, exchange=ex, sent=line, local=(str(local), s.local_port),
                                          control_port=port, named=(str(local), named_port),
                                          companion_sent=companion, position="before" if before else "after")
-            replies = [await _read_one(s, written, ctx.timeout)]
+            replies = [await s.read_exchange(written, started=time.monotonic(), timeout=ctx.timeout)]
             if companion and replies[0].outcome == "reply":
-                replies.append(await _read_one(s, written, ctx.timeout))
+                replies.append(await s.read_exchange(written, started=time.monotonic(), timeout=ctx.timeout))
         s.history.extend(replies)
         exchanges = _evidence_exchanges(s)
     mine = [r for r in replies if r.outcome == "reply" and _is_active_line(r)]

@@ -158,6 +158,20 @@ async def open_tcp(host: str, port: int, timeout: float, *, what: str = "control
     return stream
 
 
+def _unanswered(sent: bytes, exc: ReplyTimeout | PeerClosed | ProtocolError, started: float,
+                segments: int = 1) -> Exchange:
+    """The :class:`Exchange` of a line that got no reply: ``timeout`` (with
+    TCP_INFO), ``reset``, ``closed`` or ``malformed``, as ``exc`` says;
+    ``elapsed`` counts from ``started`` (``time.monotonic()``)."""
+    if isinstance(exc, ReplyTimeout):
+        outcome, tcp_info = "timeout", TcpInfo.from_kernel(exc.tcp_info)
+    else:
+        outcome = "malformed" if isinstance(exc, ProtocolError) else "reset" if exc.reset else "closed"
+        tcp_info = None
+    return Exchange(sent=sent, outcome=outcome, segments=segments,  # type: ignore[arg-type]
+                    elapsed=round(time.monotonic() - started, 3), tcp_info=tcp_info, error=str(exc))
+
+
 class ControlSession:
     """One FTP control connection (RFC 959 §3): greet, send commands, read replies.
 
@@ -410,8 +424,6 @@ class ControlSession:
         chunks = command.segments(cuts) if cuts else [command.encode()]
         shown = replace_argument(command, "****").encode() if command.secret and command.argument is not None \
             else command.encode()
-        reply: Reply | None = None
-        outcome, error, tcp_info = "reply", "", None
         started = time.monotonic()
         try:
             try:
@@ -423,17 +435,25 @@ class ControlSession:
                         self.password_sent = True
                     else:
                         self.password_sent_in_tls = True
-            reply = await self.read_reply(timeout)
-        except ReplyTimeout as exc:
-            outcome, error, tcp_info = "timeout", str(exc), TcpInfo.from_kernel(exc.tcp_info)
-        except PeerClosed as exc:
-            outcome, error = ("reset" if exc.reset else "closed"), str(exc)
-        except ProtocolError as exc:
-            outcome, error = "malformed", str(exc)
-        ex = Exchange(sent=shown, outcome=outcome, reply=reply, segments=len(chunks),  # type: ignore[arg-type]
-                      elapsed=round(time.monotonic() - started, 3), tcp_info=tcp_info, error=error)
+        except (ReplyTimeout, PeerClosed, ProtocolError) as exc:
+            ex = _unanswered(shown, exc, started, len(chunks))
+        else:
+            ex = await self.read_exchange(shown, started=started, timeout=timeout, segments=len(chunks))
         self.history.append(ex)
         return ex
+
+    async def read_exchange(self, sent: bytes, *, started: float, timeout: float | None = None,
+                            segments: int = 1) -> Exchange:
+        """Read the reply to ``sent`` (already written, at ``started``,
+        ``time.monotonic()``) within ``timeout`` seconds, as an
+        :class:`Exchange`; never raises for the peer's behaviour.  Not added
+        to :attr:`history` (the caller decides)."""
+        try:
+            reply = await self.read_reply(timeout)
+        except (ReplyTimeout, PeerClosed, ProtocolError) as exc:
+            return _unanswered(sent, exc, started, segments)
+        return Exchange(sent=sent, outcome="reply", reply=reply, segments=segments,
+                        elapsed=round(time.monotonic() - started, 3))
 
     #: What :meth:`exchange_nudged` sends after its short wait: a canonical
     #: line, so the server's reply shows how it parsed what it held.
@@ -534,31 +554,15 @@ class ControlSession:
         out: list[Exchange] = []
         try:
             await self.send_raw([data])
-        except ReplyTimeout as exc:
-            ex = Exchange(commands[0].encode(), "timeout", elapsed=round(time.monotonic() - started, 3),
-                          tcp_info=TcpInfo.from_kernel(exc.tcp_info), error=str(exc))
-            self.history.append(ex)
-            return [ex]
-        except PeerClosed as exc:
-            ex = Exchange(commands[0].encode(), "reset" if exc.reset else "closed",
-                          elapsed=round(time.monotonic() - started, 3), error=str(exc))
+        except (ReplyTimeout, PeerClosed) as exc:
+            ex = _unanswered(commands[0].encode(), exc, started)
             self.history.append(ex)
             return [ex]
         for command in commands:
-            reply, outcome, error, tcp_info = None, "reply", "", None
-            try:
-                reply = await self.read_reply(timeout)
-            except ReplyTimeout as exc:
-                outcome, error, tcp_info = "timeout", str(exc), TcpInfo.from_kernel(exc.tcp_info)
-            except PeerClosed as exc:
-                outcome, error = ("reset" if exc.reset else "closed"), str(exc)
-            except ProtocolError as exc:
-                outcome, error = "malformed", str(exc)
-            ex = Exchange(sent=command.encode(), outcome=outcome, reply=reply,  # type: ignore[arg-type]
-                          elapsed=round(time.monotonic() - started, 3), tcp_info=tcp_info, error=error)
+            ex = await self.read_exchange(command.encode(), started=started, timeout=timeout)
             self.history.append(ex)
             out.append(ex)
-            if reply is None:
+            if ex.reply is None:
                 break
         return out
 
