@@ -24,7 +24,7 @@ import trio
 
 from . import __version__
 from .catalog import load_catalog
-from .errors import FtpProbeError, TargetError
+from .errors import FtpProbeError
 from .exporter import exporter_command
 from .findings import EXIT_PROBE_FAILED
 from .monitoring import THRESHOLD

@@ -371,7 +371,7 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-@click.command("exporter", epilog=f"""\b
+@click.command("exporter", epilog="""\b
 Examples:
   ftpprobe exporter
   ftpprobe exporter --listen 0.0.0.0:9798 --modules /etc/ftpprobe/exporter.toml

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
 
 import trio
 
@@ -20,7 +19,7 @@ from .catalog import Probe
 from .codec import Command, encode_port, replace_argument
 from .data import ActiveListener
 from .executors import ProbeContext, _evidence_exchanges, _reflection, action
-from .observations import Exchange, Hop, HopsObs, ResetCaptureObs, Skipped
+from .observations import Hop, HopsObs, ResetCaptureObs, Skipped
 from .packets import ACK, CaptureError, Quoted, attribute_resets, capturing, permission_problem, warm_up
 
 #: Seconds to keep capturing after the command's outcome, for a late RST.

@@ -19,7 +19,7 @@ import click
 from tabulate import tabulate
 
 from .findings import Finding
-from .passive import format_confidence, format_ranges
+from .passive import format_confidence
 
 _STATUS_ORDER = {"present": 0, "inconclusive": 1, "absent": 2, "skipped": 3}
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}

@@ -19,7 +19,7 @@ import datetime as dt
 import ipaddress
 
 from ..findings import Finding
-from ..observations import CertificateInfo, Exchange, TlsObs, TlsTransfer, TlsVersionsObs, non_routable
+from ..observations import CertificateInfo, TlsObs, TlsTransfer, TlsVersionsObs, non_routable
 from . import Seen, rule
 
 #: Where a server's announced passive address and range are configured.
