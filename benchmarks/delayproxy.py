@@ -57,9 +57,9 @@ class Half(asyncio.Protocol):
                 self.queue.clear()
                 return
             if item is None:
-                if self.transport.can_write_eof():
+                try:
                     self.transport.write_eof()
-                else:
+                except (OSError, NotImplementedError):  # the peer is gone already
                     self.transport.close()
             elif item is False:
                 self.transport.close()

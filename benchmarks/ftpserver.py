@@ -2,16 +2,43 @@
 
 Anonymous read access to a folder with one file, no session limit, a listen
 backlog of 4096 (a fleet of 1000 sites connects at once).  Prints "ready".
+
+pyftpdlib copies its whole passive range into a list for every PASV (about
+0.5 ms for 55,536 ports, 6 ms per checked site): :class:`UniformPorts` hands
+it a few ports drawn uniformly from the range instead, so the server stands
+in for many sites without that cost (each PASV is still a uniform draw from
+LOW-HIGH; a port in use is skipped as before).
 """
 
 import logging
 import os
+import random
 import sys
 import tempfile
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
+
+
+
+class UniformPorts:
+    """LOW..HIGH (inclusive) for pyftpdlib's ``passive_ports``: indexing gives
+    the ends (its startup banner), iterating gives 16 distinct ports drawn
+    uniformly from the range (the candidates of one PASV)."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.ports = range(low, high + 1)
+
+    def __getitem__(self, i: int) -> int:
+        return self.ports[i]
+
+    def __len__(self) -> int:
+        return len(self.ports)
+
+    def __iter__(self):
+        return iter(random.sample(self.ports, 16))
+
 
 host, port, low, high = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 logging.getLogger("pyftpdlib").addHandler(logging.NullHandler())
@@ -22,7 +49,7 @@ with open(os.path.join(home, "welcome.txt"), "w") as f:
 authorizer = DummyAuthorizer()
 authorizer.add_anonymous(home, perm="elr")
 handler = type("BenchHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "benchmark server ready.",
-                                                "passive_ports": range(low, high + 1), "timeout": 120})
+                                                "passive_ports": UniformPorts(low, high), "timeout": 120})
 server = FTPServer((host, port), handler, backlog=4096)
 server.max_cons = 0
 server.max_cons_per_ip = 0
