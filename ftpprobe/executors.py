@@ -317,9 +317,20 @@ Action = Callable[[ProbeContext, Probe], Awaitable[Observation]]
 ACTIONS: dict[str, Action] = {}
 
 
-def action(name: str) -> Callable[[Action], Action]:
+#: Actions that hold a session longest (a packet capture lingering for a late
+#: reset, a TTL walk waiting for each hop, the passive map's many sessions):
+#: the runner starts them first and the short probes fill the other sessions
+#: around them (longest first keeps a run close to its slowest probe).
+STARTS_FIRST: set[str] = set()
+
+
+def action(name: str, *, starts_first: bool = False) -> Callable[[Action], Action]:
+    """Register an executor for the catalog's ``action = name``
+    (``starts_first``: see :data:`STARTS_FIRST`)."""
     def register(fn: Action) -> Action:
         ACTIONS[name] = fn
+        if starts_first:
+            STARTS_FIRST.add(name)
         return fn
     return register
 
@@ -712,7 +723,7 @@ PIPELINE = 6
 SAMPLES_PER_SESSION = 16
 
 
-@action("pasv-map")
+@action("pasv-map", starts_first=True)
 async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     """Collect ``ctx.samples`` passive replies over up to ``max_sessions``
     concurrent sessions (one per :data:`SAMPLES_PER_SESSION` samples).

@@ -60,7 +60,7 @@ async def _preconditions(ctx: ProbeContext, probe: Probe, port: int) -> tuple[st
     return host, None
 
 
-@action("reset-capture")
+@action("reset-capture", starts_first=True)
 async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs | Skipped:
     """PORT naming our own listener, on a control connection captured packet
     by packet; every RST that arrives is attributed to the peer or a
@@ -111,7 +111,7 @@ def quote_state(line: bytes, quoted: Quoted | None) -> str:
     return "rewritten"
 
 
-@action("hops")
+@action("hops", starts_first=True)
 async def run_hops(ctx: ProbeContext, probe: Probe) -> HopsObs | Skipped:
     """After a login to the reflector, send the probe's PORT line (naming our
     own address and a listener) with IP TTL 1, then raise the TTL by one each

@@ -50,6 +50,7 @@ range ends: only the observed bounds are reported, with ``needs_walk``.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -228,6 +229,7 @@ def confidence_bounds(low: int, high: int, n: int, confidence: float = DEFAULT_C
     return max(LOWEST_PORT, low - ext), min(HIGHEST_PORT, high + ext)
 
 
+@functools.lru_cache(maxsize=256)  # pure, and asked again for every site of a fleet
 def _span_quantile(n: int, confidence: float) -> float:
     """The ``confidence``-quantile of Beta(n - 1, 2), the span of ``n`` uniform
     draws on [0, 1]: solves ``n q^(n-1) - (n-1) q^n = confidence`` (bisection)."""

@@ -18,7 +18,7 @@ import trio
 
 from .catalog import Probe, load_catalog
 from .errors import FtpProbeError
-from .executors import ACTIONS, ProbeContext, failed
+from .executors import ACTIONS, STARTS_FIRST, ProbeContext, failed
 from .findings import Finding, exit_code
 from .observations import Failed, Observation, PassiveMapObs, SessionLimitObs
 from .passive import PassiveMap, analyze
@@ -185,8 +185,15 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                     observations[probe.name] = await _observe(ctx, probe)
             else:
                 async with trio.open_nursery() as nursery:
-                    for probe in rest:
+                    first = [p for p in rest if p.action in STARTS_FIRST]
+                    for probe in first:
                         nursery.start_soon(_observe_into, ctx, probe, observations)
+                    if first:
+                        # One scheduling step: they queue for sessions before the others.
+                        await trio.lowlevel.checkpoint()
+                    for probe in rest:
+                        if probe not in first:
+                            nursery.start_soon(_observe_into, ctx, probe, observations)
     finally:
         with trio.CancelScope(shield=True):
             await ctx.aclose()

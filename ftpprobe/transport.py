@@ -465,11 +465,47 @@ class ControlSession:
         times = [ex.elapsed for ex in self.history if ex.outcome == "reply"]
         return min(times) if times else None
 
+    def settle(self) -> float:
+        """Seconds between looks at an unanswered line (:meth:`exchange_nudged`):
+        two round trips of this session, at least 0.05 s (a peer's delayed
+        ACK; the round trip is measured between FTP replies, so a middlebox
+        that acknowledges for the server does not shorten it)."""
+        return max(0.05, 2 * (self.round_trip() or 0.0))
+
+    async def _await_or_acknowledged(self, command: Command, cuts: tuple[int, ...], wait: float) -> Exchange:
+        """:meth:`exchange` of ``command`` whose reply is awaited at most
+        ``wait`` seconds, or until the line, acknowledged by the peer, has
+        stayed unanswered for a further :meth:`settle` seconds; a ``timeout``
+        exchange then (with the TCP_INFO of that moment).  Recorded in
+        :attr:`history` like :meth:`exchange`."""
+        step = min(self.settle(), wait)
+        ex = await self.exchange(command, cuts=cuts, timeout=step)
+        acknowledged = False
+        while ex.outcome == "timeout" and ex.elapsed < wait:
+            if ex.tcp_info is not None and ex.tcp_info.outq == 0:
+                if acknowledged:
+                    break  # acknowledged at the last look too, and still no reply: held
+                acknowledged = True
+            started = time.monotonic() - ex.elapsed
+            self.history[-1] = ex = await self.read_exchange(ex.sent, started=started, segments=ex.segments,
+                                                             timeout=min(step, wait - ex.elapsed))
+        return ex
+
     async def exchange_nudged(self, command: Command, *, cuts: tuple[int, ...] = (), wait: float,
                               timeout: float | None = None) -> tuple[Exchange, Exchange | None]:
-        """Send ``command`` like :meth:`exchange`; if no reply came within
-        ``wait`` seconds, send :data:`NUDGE` (``NOOP\\r\\n``, a line ending
-        behind whatever the server holds) and read on until ``timeout``.
+        """Send ``command`` like :meth:`exchange`; if no reply came, send
+        :data:`NUDGE` (``NOOP\\r\\n``, a line ending behind whatever the
+        server holds) and read on until ``timeout``.
+
+        When to nudge: the kernel's send queue (SIOCOUTQ) is looked at every
+        :meth:`settle` seconds (two round trips of this session, at least
+        50 ms).  Once the peer has acknowledged every byte of the line and a
+        further look still finds no reply, the line is held (by the server
+        or by a middlebox that acknowledged it) and the nudge goes at once;
+        while bytes stay unacknowledged (a path that drops the segment: its
+        retransmissions are the evidence) the variant waits the whole
+        ``wait`` seconds.  An early nudge never decides alone: a server that
+        was only slow answers the line and then the NOOP, two replies.
 
         Returns ``(variant, nudge)``; ``nudge`` is ``None`` when the variant
         was answered within ``wait``.  Replies are told apart by count, never
@@ -480,36 +516,39 @@ class ControlSession:
         reply and ``nudge`` the NOOP's (or its timeout within
         ``min(timeout, 2 s)``).  Otherwise the one reply answered what the
         server held plus the line ending: ``variant`` is a ``timeout`` (no
-        reply of its own within ``wait``; TCP_INFO taken then) and ``nudge``
+        reply of its own before the nudge; TCP_INFO taken then) and ``nudge``
         the reply.  When nothing answers even the nudge, ``variant`` is a
         ``timeout`` at ``timeout`` and ``nudge`` a ``timeout`` too.  Both
         exchanges go to :attr:`history`.
         """
         timeout = self.timeout if timeout is None else timeout
         rtt = self.round_trip()
-        ex = await self.exchange(command, cuts=cuts, timeout=min(wait, timeout))
-        if ex.outcome != "timeout" or wait >= timeout:
+        if wait >= timeout:
+            return await self.exchange(command, cuts=cuts, timeout=timeout), None
+        ex = await self._await_or_acknowledged(command, cuts, wait)
+        if ex.outcome != "timeout":
             return ex, None
         self.history.pop()  # replaced below by what the nudge shows
+        waited = ex.elapsed
         nudge_sent = time.monotonic()
         sent = self.NUDGE.encode()
         try:
             await self.send_raw([sent])
-            first = await self.read_reply(timeout - wait)
+            first = await self.read_reply(timeout - waited)
         except ReplyTimeout as exc:
             late = Exchange(sent=ex.sent, outcome="timeout", segments=ex.segments,
                             elapsed=round(ex.elapsed + time.monotonic() - nudge_sent, 3),
                             tcp_info=TcpInfo.from_kernel(exc.tcp_info),
                             error=f"no complete reply within {timeout:g} s (a line ending sent after "
-                                  f"{wait:g} s got no answer either)")
+                                  f"{waited:g} s got no answer either)")
             nudge = Exchange(sent=sent, outcome="timeout", elapsed=round(time.monotonic() - nudge_sent, 3),
-                             error=f"no reply to the line ending within {timeout - wait:g} s")
+                             error=f"no reply to the line ending within {timeout - waited:g} s")
             self.history += [late, nudge]
             return late, nudge
         except PeerClosed as exc:
             closed = Exchange(sent=ex.sent, outcome="reset" if exc.reset else "closed", segments=ex.segments,
                               elapsed=round(ex.elapsed + time.monotonic() - nudge_sent, 3),
-                              error=f"{exc} (after a line ending sent {wait:g} s after the line)")
+                              error=f"{exc} (after a line ending sent {waited:g} s after the line)")
             self.history.append(closed)
             return closed, None
         except ProtocolError as exc:
@@ -537,7 +576,7 @@ class ControlSession:
             self.history += [late, nudge]
             return late, nudge
         held = Exchange(sent=ex.sent, outcome="timeout", segments=ex.segments, elapsed=ex.elapsed,
-                        tcp_info=ex.tcp_info, error=f"no reply of its own within {wait:g} s")
+                        tcp_info=ex.tcp_info, error=f"no reply of its own within {waited:g} s")
         nudge = Exchange(sent=sent, outcome="reply", reply=first, elapsed=round(after, 3))
         self.history += [held, nudge]
         return held, nudge

@@ -11,7 +11,7 @@ import hostile
 from ftpprobe.catalog import Probe, parse_probe
 from ftpprobe.codec import Command
 from ftpprobe.errors import LoginFailed
-from ftpprobe.executors import ACTIONS, ProbeContext, failed
+from ftpprobe.executors import ACTIONS, ProbeContext, failed, nudge_wait
 from ftpprobe.middlebox import Middlebox
 from ftpprobe.observations import (ActiveObs, AuthTlsObs, CommandObs, Failed, ListingObs, PassiveMapObs,
                                    PassiveObs, ReflectActiveObs, ReflectPassiveObs, SessionLimitObs, Skipped)
@@ -60,6 +60,36 @@ async def test_held_bare_lf_pasv_is_told_apart_by_the_nudge(pyftpd):
     assert obs.nudge.code == 500 and obs.nudge.reply.text.startswith('500 Command "PASV')
     assert obs.alive_after is True and obs.retry is None
     assert [ex.sent for ex in obs.exchanges] == [b"PASV\n", b"NOOP\r\n"]  # no login, one session
+    # The line was acknowledged, so the nudge went once a further look found no
+    # reply, not after the whole wait kept for unacknowledged lines.
+    assert obs.exchange.tcp_info.outq == 0 and obs.exchange.tcp_info.stall == "held"
+    assert obs.exchange.elapsed < nudge_wait(TIMEOUT, None)
+
+
+def slow_pasv(conn, server):
+    """Logs in, answers PASV (bare LF or not) by itself 0.4 s after reading it,
+    anything else at once: a slow server, not one that holds the line."""
+    conn.sendall(b"220 hello\r\n")
+    while line := hostile._read_line(conn):
+        verb = line.split()[0].upper() if line.split() else b""
+        if verb == b"PASV":
+            time.sleep(0.4)
+            conn.sendall(hostile._own_pasv(server))
+        else:
+            conn.sendall({b"USER": b"331 password please\r\n", b"PASS": b"230 ok\r\n",
+                          b"NOOP": b"200 NOOP ok\r\n"}.get(verb, b"502 not here\r\n"))
+
+
+async def test_an_early_nudge_still_tells_a_slow_server_from_one_that_holds(monkeypatch):
+    """The server acknowledges 'PASV\\n' at once but answers only 0.4 s later:
+    the nudge has gone by then, and the two replies (227 to the line, 200 to
+    the NOOP) show a late reply, never a held line."""
+    monkeypatch.setitem(hostile.SCENARIOS, "slow-pasv", slow_pasv)
+    with hostile.HostileServer("slow-pasv") as server:
+        obs = await observe(context(server), "pasv-lf")
+    assert obs.exchange.outcome == "reply" and obs.exchange.code == 227
+    assert obs.nudge is not None and obs.nudge.code == 200
+    assert obs.alive_after is True and obs.retry is None
 
 
 def silent_after_login(conn, server):
