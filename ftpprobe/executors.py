@@ -317,10 +317,11 @@ Action = Callable[[ProbeContext, Probe], Awaitable[Observation]]
 ACTIONS: dict[str, Action] = {}
 
 
-#: Actions that hold a session longest (a packet capture lingering for a late
-#: reset, a TTL walk waiting for each hop, the passive map's many sessions):
-#: the runner starts them first and the short probes fill the other sessions
-#: around them (longest first keeps a run close to its slowest probe).
+#: Actions that hold one session longest (a packet capture lingering for a
+#: late reset, a TTL walk waiting for each hop): the runner starts them first
+#: and the short probes fill the other sessions around them (longest first
+#: keeps a run close to its slowest probe).  Not the passive map: it spreads
+#: over several sessions, and started first it would take them all.
 STARTS_FIRST: set[str] = set()
 
 
@@ -723,7 +724,7 @@ PIPELINE = 6
 SAMPLES_PER_SESSION = 16
 
 
-@action("pasv-map", starts_first=True)
+@action("pasv-map")
 async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     """Collect ``ctx.samples`` passive replies over up to ``max_sessions``
     concurrent sessions (one per :data:`SAMPLES_PER_SESSION` samples).

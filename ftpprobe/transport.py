@@ -509,12 +509,10 @@ class ControlSession:
 
         Returns ``(variant, nudge)``; ``nudge`` is ``None`` when the variant
         was answered within ``wait``.  Replies are told apart by count, never
-        guessed: the server answered the variant by itself (late) when a
-        reply came sooner after the nudge than half a round trip of this
-        session, or when a second reply (the NOOP's) followed the first
-        within a grace of max(0.1 s, 2 round trips); then ``variant`` is that
-        reply and ``nudge`` the NOOP's (or its timeout within
-        ``min(timeout, 2 s)``).  Otherwise the one reply answered what the
+        by timing: the server answered the variant by itself (late) when a
+        second reply (the NOOP's) followed the first within a grace of
+        max(0.1 s, 2 round trips); then ``variant`` is the first reply and
+        ``nudge`` the NOOP's.  Otherwise the one reply answered what the
         server held plus the line ending: ``variant`` is a ``timeout`` (no
         reply of its own before the nudge; TCP_INFO taken then) and ``nudge``
         the reply.  When nothing answers even the nudge, ``variant`` is a
@@ -557,22 +555,16 @@ class ControlSession:
             self.history.append(bad)
             return bad, None
         after = time.monotonic() - nudge_sent
-        early = rtt is not None and after < rtt / 2  # too soon to be caused by the nudge
         grace = min(max(0.1, 2 * (rtt or 0.05)), 1.0)
         try:
-            second = await self.read_reply(min(timeout, 2.0) if early else grace)
-        except ReplyTimeout:
+            second = await self.read_reply(grace)
+        except (ReplyTimeout, PeerClosed, ProtocolError):
             second = None
-        except (PeerClosed, ProtocolError):
-            second = None
-        total = round(ex.elapsed + after, 3)
-        if early or second is not None:
-            # The server answered the line by itself (late), and the NOOP apart.
-            late = Exchange(sent=ex.sent, outcome="reply", reply=first, segments=ex.segments, elapsed=total)
-            nudge = (Exchange(sent=sent, outcome="reply", reply=second,
-                              elapsed=round(time.monotonic() - nudge_sent, 3)) if second is not None else
-                     Exchange(sent=sent, outcome="timeout", elapsed=round(time.monotonic() - nudge_sent, 3),
-                              error="no reply to NOOP"))
+        if second is not None:
+            # Two replies: the server answered the line by itself (late), and the NOOP apart.
+            late = Exchange(sent=ex.sent, outcome="reply", reply=first, segments=ex.segments,
+                            elapsed=round(ex.elapsed + after, 3))
+            nudge = Exchange(sent=sent, outcome="reply", reply=second, elapsed=round(time.monotonic() - nudge_sent, 3))
             self.history += [late, nudge]
             return late, nudge
         held = Exchange(sent=ex.sent, outcome="timeout", segments=ex.segments, elapsed=ex.elapsed,

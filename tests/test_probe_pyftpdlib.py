@@ -78,14 +78,15 @@ async def test_max_sessions_is_honoured_exactly(pyftpd):
 
 async def test_probes_run_concurrently_not_in_sequence(pyftpd):
     # Three probes meet a line pyftpdlib holds for want of CRLF (bare LF, space+LF, bare CR):
-    # the NOOP sent after the short wait decides each, so none waits out the 1.5 s reply timeout.
+    # the NOOP sent once the line was acknowledged decides each, so none waits out the
+    # 1.5 s reply timeout.
     server = pyftpd(passive_ports=(52100, 52119))
     started = time.monotonic()
     report = await run_probes(target_of(server), timeout=1.5, samples=10)
     elapsed = time.monotonic() - started
     durations = [o.elapsed for o in report.observations.values()]
-    held = [report.observations[name].elapsed for name in ("pasv-lf", "pasv-space-lf", "pasv-cr")]
-    assert all(0.4 <= t < 1.5 for t in held), held
+    held = [report.observations[name] for name in ("pasv-lf", "pasv-space-lf", "pasv-cr")]
+    assert all(o.nudge is not None and o.nudge.outcome == "reply" and o.elapsed < 1.5 for o in held), held
     assert elapsed < max(durations) + 1.0   # the run takes about as long as its slowest probe
     assert elapsed < sum(durations) / 2
 
@@ -210,3 +211,18 @@ def test_wide_range_10000_65535_is_mapped_in_bounded_samples(pyftpd):
     assert f["server.pasv-range-wide"]["status"] == "present"
     assert "narrow the passive range" in f["server.pasv-range-wide"]["advice"]
     assert code == 1
+
+
+async def test_the_packet_capture_queues_for_a_session_before_the_short_probes(pyftpd):
+    """With one session at a time, the probe that holds its session longest
+    (the reset capture, or its skip without capture permission) is done
+    before any short probe started in the same run."""
+    server = pyftpd(passive_ports=(52200, 52209))
+    names = ("pasv-crlf", "epsv", "pasv-lowercase", "port-reset-source")
+    probes = [p for p in load_catalog(vantage="server") if p.name in names]
+    done: list[str] = []
+    report = await run_probes(target_of(server), probes=probes, timeout=1.5, max_sessions=1,
+                              progress=lambda message, *_a, **_k: done.append(message.split(":")[0]))
+    assert report.error == ""
+    finished = [name for name in done if name in names]
+    assert sorted(finished) == sorted(names) and finished[0] == "port-reset-source", finished
