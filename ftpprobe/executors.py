@@ -119,40 +119,54 @@ class ProbeContext:
     reuse_sessions: bool = False
     _handed_back: trio.Event = field(default_factory=trio.Event, repr=False)
 
-    #: The preflight's logged-in session, handed to the first probe that wants
-    #: one (it holds a limiter slot until closed, so it counts against
-    #: ``max_sessions`` like any other session).
-    _spare: ControlSession | None = field(default=None, repr=False)
+    #: Logged-in sessions no probe has used yet, each with its limiter
+    #: borrower (the preflight's, those the session-limit probe counted with):
+    #: handed to the next probes that want one.  Each holds a limiter slot
+    #: until closed, so it counts against ``max_sessions`` like any other.
+    _spares: list[tuple[ControlSession, object]] = field(default_factory=list, repr=False)
     #: The target's address once the first session connected: later sessions
     #: connect there (one name lookup per run).
     _address: str | None = field(default=None, repr=False)
-    _spare_token: object = field(default_factory=object, repr=False)  # its limiter borrower
 
     def __post_init__(self) -> None:
         if self.limiter is None:
             self.limiter = trio.CapacityLimiter(self.max_sessions)
 
     async def preflight(self) -> ControlSession:
-        """Open, greet and log in the run's first session and keep it as the spare.
+        """Open, greet and log in the run's first session and keep it as a spare.
 
         The session holds a limiter slot until a probe has used it (or
         :meth:`aclose` closes it), so the server never sees more than
         ``max_sessions`` of our sessions at once.  Raises what :meth:`session` raises.
         """
-        await self.limiter.acquire_on_behalf_of(self._spare_token)
+        token = object()
+        await self.limiter.acquire_on_behalf_of(token)
         try:
-            self._spare = await self._establish(True, self.target.port)
+            s = await self._establish(True, self.target.port)
         except BaseException:
-            self.limiter.release_on_behalf_of(self._spare_token)
+            self.limiter.release_on_behalf_of(token)
             raise
-        return self._spare
+        self._spares.append((s, token))
+        return s
+
+    def adopt(self, s: ControlSession) -> bool:
+        """Keep ``s`` (logged in, on the target's port, left clean by its
+        opener) as a spare for the next probe, if a limiter slot is free;
+        ``False`` (the caller closes it) otherwise."""
+        token = object()
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(token)
+        except trio.WouldBlock:
+            return False
+        self._spares.append((s, token))
+        return True
 
     async def aclose(self) -> None:
-        """Close the spare session if no probe took it."""
-        if self._spare is not None:
-            spare, self._spare = self._spare, None
+        """Close the spare sessions no probe took."""
+        while self._spares:
+            spare, token = self._spares.pop()
             await spare.aclose()
-            self._release(self._spare_token)
+            self._release(token)
 
     def _release(self, token: object) -> None:
         """Give a session's limiter slot back and wake the probes waiting in :meth:`_reused`."""
@@ -184,14 +198,20 @@ class ProbeContext:
             async with self._reused() as s:
                 yield s
             return
-        if self._spare is not None and spareable:
-            spare, self._spare = self._spare, None
+        if self._spares and spareable:
+            spare, token = self._spares.pop(0)
             try:
                 yield spare
             finally:
                 await spare.aclose()
-                self._release(self._spare_token)
+                self._release(token)
             return
+        if self._spares and not self.limiter.available_tokens:
+            # Spares hold every slot and this probe cannot use one: close one
+            # rather than wait for a slot nobody would give back.
+            idle, token = self._spares.pop()
+            await idle.aclose()
+            self._release(token)
         try:
             async with self.limiter:
                 s = await self._establish(login, port or self.target.port, plain=plain)
@@ -216,8 +236,8 @@ class ProbeContext:
         session whose last exchange was answered, with nothing unread,
         becomes the spare again afterwards (with its limiter slot)."""
         while True:
-            if self._spare is not None:
-                s, token, self._spare = self._spare, self._spare_token, None
+            if self._spares:
+                s, token = self._spares.pop(0)
                 break
             token = object()
             try:
@@ -236,9 +256,9 @@ class ProbeContext:
             yield s
         finally:
             last = s.history[-1] if s.history else None
-            if (self._spare is None and last is not None and last.outcome == "reply" and not s.reader.buffered
+            if (last is not None and last.outcome == "reply" and not s.reader.buffered
                     and not s._eof and not s.closed):
-                self._spare, self._spare_token = s, token
+                self._spares.append((s, token))
                 self._wake()
             else:
                 await s.aclose()
@@ -657,14 +677,17 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
     Runs alone (``exclusive``), so the count is this prober's only.  Bypasses
     the limiter on purpose (finding the limit is the point), but never has
     more than ``ctx.max_sessions`` sessions open at the server, the ones this
-    run already holds (the preflight's spare) included.  Never raises for the
-    server's behaviour: a refusal is recorded and classified.
+    run already holds (the preflight's spare) included.  When none was
+    refused, the logged-in sessions stay open as spares for the next probes
+    (:meth:`ProbeContext.adopt`: their logins are not thrown away).  Never
+    raises for the server's behaviour: a refusal is recorded and classified.
     """
     held = int(ctx.limiter.borrowed_tokens)
     wanted = min(int(probe.params.get("max_sessions", 8)), ctx.max_sessions)
     sessions: list[ControlSession] = []
     outcomes: dict[int, tuple[RefusalKind, str] | None] = {}
     at_login: list[int] = []  # refused after the greeting: judged with the others connected
+    logged_in: list[ControlSession] = []
 
     async def one(i: int) -> bool:
         s: ControlSession | None = None
@@ -679,6 +702,7 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
             greeted = True
             if probe.login:
                 await ctx.login(s)
+                logged_in.append(s)
             outcomes[i] = None
             return True
         except FtpProbeError as exc:
@@ -693,6 +717,7 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
                 for s in sessions:
                     nursery.start_soon(s.aclose)
         sessions.clear()
+        logged_in.clear()
 
     try:
         # All at once (never more than max_sessions with the ones this run holds):
@@ -708,6 +733,10 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
             for i in range(held, wanted):
                 if not await one(i):
                     break
+        if ctx.target.tls == "none" and all(o is None for o in outcomes.values()):
+            for s in logged_in:
+                if ctx.adopt(s):
+                    sessions.remove(s)
     finally:
         await close_all()
     refused = [outcomes[i] for i in sorted(outcomes) if outcomes[i] is not None]

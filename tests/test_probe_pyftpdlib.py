@@ -226,3 +226,31 @@ async def test_the_packet_capture_queues_for_a_session_before_the_short_probes(p
     assert report.error == ""
     finished = [name for name in done if name in names]
     assert sorted(finished) == sorted(names) and finished[0] == "port-reset-source", finished
+
+
+async def test_the_session_limit_probe_hands_its_sessions_to_the_next_probes(pyftpd):
+    """The sessions the session-limit probe logged in (none refused) serve the
+    probes after it: four logins in all, not one more per probe."""
+    server = pyftpd(passive_ports=(52300, 52309))
+    logins: list[str] = []
+    server._server.handler.on_login = lambda handler, user: logins.append(user)
+    names = ("session-limit", "pasv-crlf", "epsv", "list-format")
+    probes = [p for p in load_catalog(vantage="server") if p.name in names]
+    report = await run_probes(target_of(server), probes=probes, timeout=1.5, max_sessions=4)
+    assert report.error == "" and report.refusals == []
+    f = {x.id: x for x in report.findings}
+    assert f["server.connection-limit"].status == "absent"
+    assert f["server.epsv-unsupported"].status == "absent" and f["server.list-unparseable"].status == "absent"
+    assert len(logins) == 4, logins  # the preflight's and the three the session-limit probe opened
+
+
+async def test_a_probe_without_login_is_not_starved_by_idle_sessions(pyftpd):
+    """With one session allowed and the preflight's logged-in session idle,
+    a probe that needs a session before the login (AUTH TLS) still runs:
+    the idle session is closed for it, not waited on until the deadline."""
+    server = pyftpd(passive_ports=(52310, 52319))
+    probes = [p for p in load_catalog(vantage="server") if p.name == "auth-tls"]
+    report = await run_probes(target_of(server), probes=probes, timeout=1.5, max_sessions=1, deadline=10)
+    assert report.error == ""
+    # pyftpdlib without TLS answers AUTH TLS 500: the login will go in clear text
+    assert {x.id: x.status for x in report.findings}["server.cleartext-login"] == "present"
