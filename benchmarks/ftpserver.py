@@ -1,7 +1,17 @@
-"""A pyftpdlib server for the benchmarks: HOST PORT LOW HIGH (passive range, inclusive).
+"""A pyftpdlib server for the benchmarks: HOST PORT LOW HIGH MODEL (passive range inclusive).
 
 Anonymous read access to a folder with one file, no session limit, a listen
 backlog of 4096 (a fleet of 1000 sites connects at once).  Prints "ready".
+MODEL: ``threaded`` (a thread per session: the map and probe cases) or
+``async`` (pyftpdlib's one-thread event loop: the fleet case, where a
+thousand threads would cost the server more CPU than the sessions do).
+
+pyftpdlib's event loop now and then never reads a session's next command:
+in the probe case about one run in three had a session whose line the delay
+proxy had delivered (its log shows the write) and the server never logged,
+so the client waited out its 5 s timeout.  With a thread per session this
+was not seen in ten runs; the fleet case (one short session per site) keeps
+the event loop, and a stall there would show as a site taking 5 s more.
 
 pyftpdlib copies its whole passive range into a list for every PASV (about
 0.5 ms for 55,536 ports, 6 ms per checked site): :class:`UniformPorts` hands
@@ -18,7 +28,7 @@ import tempfile
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
-from pyftpdlib.servers import FTPServer
+from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
 
 
@@ -40,9 +50,13 @@ class UniformPorts:
         return iter(random.sample(self.ports, 16))
 
 
-host, port, low, high = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-logging.getLogger("pyftpdlib").addHandler(logging.NullHandler())
-logging.getLogger("pyftpdlib").setLevel(logging.CRITICAL)
+host, port, low, high, model = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+if os.environ.get("BENCH_SERVER_LOG"):  # every command and reply, to that file
+    logging.basicConfig(filename=os.environ["BENCH_SERVER_LOG"], level=logging.DEBUG,
+                        format="%(relativeCreated)9.1f %(message)s")
+else:
+    logging.getLogger("pyftpdlib").addHandler(logging.NullHandler())
+    logging.getLogger("pyftpdlib").setLevel(logging.CRITICAL)
 home = tempfile.mkdtemp(prefix="ftpprobe-bench-")
 with open(os.path.join(home, "welcome.txt"), "w") as f:
     f.write("served by the ftpprobe benchmark\n")
@@ -50,7 +64,7 @@ authorizer = DummyAuthorizer()
 authorizer.add_anonymous(home, perm="elr")
 handler = type("BenchHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "benchmark server ready.",
                                                 "passive_ports": UniformPorts(low, high), "timeout": 120})
-server = FTPServer((host, port), handler, backlog=4096)
+server = (ThreadedFTPServer if model == "threaded" else FTPServer)((host, port), handler, backlog=4096)
 server.max_cons = 0
 server.max_cons_per_ip = 0
 print("ready", flush=True)

@@ -5,17 +5,21 @@ Run as root (it builds its own network namespace and nftables rule):
     /tmp/venv/bin/python benchmarks/run.py [--rtt-ms 20] [--samples 200] [--sites 1000]
 
 (any Python with ftpprobe's dependencies and pyftpdlib will do).  In a fresh
-network namespace (``unshare -n``) it starts a pyftpdlib server on
-127.0.0.77 whose passive range is 10000-65535, a delaying proxy
+network namespace (``unshare -n``) it starts two pyftpdlib servers on
+127.0.0.77 whose passive range is 10000-65535 (``ftpserver.py``: a thread
+per session on port 2121 for the map and probe cases, the one-thread event
+loop on port 2122 for the fleet), a delaying proxy
 (``delayproxy.py``: each chunk forwarded RTT/2 after it arrived, both
 directions, control and data connections), and an nftables rule that
 redirects every TCP connection to 127.0.0.77 to the proxy (which reads the
 original destination with ``SO_ORIGINAL_DST``); see ../shared/DESIGN.md,
 "Latency".  Each case runs in its own interpreter; numbers are printed, never
-asserted.  The check rows also give ftpprobe's own CPU (its process only,
-user and system) and the CPU the server and the proxy used meanwhile: all
-three share the machine's cores, and the single-threaded pyftpdlib server
-stands in for every site.  The client's connect completes at the proxy, so connects cost no
+asserted.  The probe case also runs every probe alone (its own connect and
+login included): the slowest of those is the least a full run could take.
+The check rows also give ftpprobe's own CPU (its process only, user and
+system) and the CPU the server and the proxy used meanwhile: all three share
+the machine's cores, and the single-threaded pyftpdlib server stands in for
+every site.  The client's connect completes at the proxy, so connects cost no
 round trip here (for ftplib and ftpprobe alike).
 """
 
@@ -35,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SERVER, PORT, LOW, HIGH = "127.0.0.77", 2121, 10000, 65535
+SERVER, PORT, FLEET_PORT, LOW, HIGH = "127.0.0.77", 2121, 2122, 10000, 65535
 PROXY_PORT, MARK = 4999, 0x77
 
 
@@ -93,13 +97,22 @@ def case_probe(args) -> dict:
     from ftpprobe.runner import run_probes
     from ftpprobe.target import Target
 
+    from ftpprobe.catalog import load_catalog
+
     started = time.perf_counter()
     report = trio.run(lambda: run_probes(Target(SERVER, PORT), timeout=5.0))
     wall = time.perf_counter() - started
     elapsed = _report_probes(report)
     slowest = max(elapsed, key=elapsed.get)
+    alone = {}
+    for probe in load_catalog(vantage="server"):
+        began = time.perf_counter()
+        trio.run(lambda: run_probes(Target(SERVER, PORT), probes=[probe], timeout=5.0))
+        alone[probe.name] = time.perf_counter() - began
+    slowest_alone = max(alone, key=alone.get)
     return {"wall": wall, "slowest": slowest, "slowest_s": elapsed[slowest], "error": report.error,
-            "probes": elapsed, "findings": {f.id: f.status for f in report.findings}}
+            "slowest_alone": slowest_alone, "slowest_alone_s": alone[slowest_alone],
+            "probes": elapsed, "alone": alone, "findings": {f.id: f.status for f in report.findings}}
 
 
 def case_fleet(args) -> dict:
@@ -108,7 +121,7 @@ def case_fleet(args) -> dict:
     from ftpprobe.fleet import CHECK_PROBES, Site, check_sites
     from ftpprobe.target import Target
 
-    sites = [Site(f"site-{i}", Target(SERVER, PORT), timeout=5.0, samples=10, probes=CHECK_PROBES)
+    sites = [Site(f"site-{i}", Target(SERVER, FLEET_PORT), timeout=5.0, samples=10, probes=CHECK_PROBES)
              for i in range(args.sites)]
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -153,9 +166,10 @@ table ip ftpprobe_bench {{
 }}
 """
     subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
-    server = _spawn([sys.executable, str(HERE / "ftpserver.py"), SERVER, str(PORT), str(LOW), str(HIGH)])
+    threaded = _spawn([sys.executable, str(HERE / "ftpserver.py"), SERVER, str(PORT), str(LOW), str(HIGH), "threaded"])
+    loop = _spawn([sys.executable, str(HERE / "ftpserver.py"), SERVER, str(FLEET_PORT), str(LOW), str(HIGH), "async"])
     proxy = _spawn([sys.executable, str(HERE / "delayproxy.py"), str(PROXY_PORT), str(rtt_ms / 2000), str(MARK)])
-    return [server, proxy]
+    return [threaded, loop, proxy]
 
 
 def process_cpu(pid: int) -> float:
@@ -179,8 +193,9 @@ def run_case(name: str, args, procs: list[subprocess.Popen] | None = None) -> di
         raise SystemExit(f"case {name} failed:\n{done.stderr}")
     result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
     if procs:
-        # The server and the proxy share the machine's cores with ftpprobe: their CPU, per case.
-        result["server_cpu"], result["proxy_cpu"] = (process_cpu(p.pid) - b for p, b in zip(procs, before))
+        # The servers and the proxy share the machine's cores with ftpprobe: their CPU, per case.
+        threaded, loop, proxy = (process_cpu(p.pid) - b for p, b in zip(procs, before))
+        result["server_cpu"], result["proxy_cpu"] = threaded + loop, proxy
     return result
 
 
@@ -242,11 +257,15 @@ def main() -> None:
         rows.append(("  bound error (observed ends vs 10000-65535)",
                      f"observed {m['observed'][0]}-{m['observed'][1]}", f"{m['bound_error'] * 100:.2f}% of range",
                      f"{m['tried']} ports connected, {m['pipelined']} pipelined"))
+        # n uniform draws leave gaps at the two ends of 2/(n+1) of the range on average.
+        rows.append(("  expected for uniform draws: 2/(n+1)", "", f"{200 / (m['samples'] + 1):.2f}% of range", ""))
     if "probe" in r:
         p = r["probe"]
         rows.append(("probe (full catalog, --timeout 5)", f"{p['wall']:.2f} s",
-                     f"slowest probe {p['slowest']} {p['slowest_s']:.2f} s",
+                     f"slowest in the run {p['slowest']} {p['slowest_s']:.2f} s",
                      f"{p['wall'] / p['slowest_s']:.2f}x slowest"))
+        rows.append(("  the slowest probe run alone", "", f"{p['slowest_alone']} {p['slowest_alone_s']:.2f} s",
+                     f"{p['wall'] / p['slowest_alone_s']:.2f}x"))
     if "fleet" in r:
         fl, one = r["fleet"], r["fleet1"]
         rows.append((f"check, {fl['sites']} sites", f"{fl['wall']:.2f} s ({fl['down']} down)",

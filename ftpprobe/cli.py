@@ -199,7 +199,8 @@ def common_options(fn):
     fn = click.option("--deadline", type=click.FloatRange(1, 86400), default=120.0, show_default=True,
                       help="Seconds for the whole run; probes still running then are reported as failed.")(fn)
     fn = click.option("--max-sessions", type=click.IntRange(1, 64), default=4, show_default=True,
-                      help="Concurrent control sessions at most (lowered to what the server allows).")(fn)
+                      help="Concurrent control sessions at most (lowered to what the server allows). "
+                           "Each probe gets a fresh session, so more sessions finish a probe run sooner.")(fn)
     fn = click.option("--trust-pasv-address", is_flag=True,
                       help="Open passive data connections to the address named in 227 replies instead of "
                            "the control peer's (off by default: a hostile server cannot aim the prober elsewhere).")(fn)
