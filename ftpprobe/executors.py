@@ -41,16 +41,18 @@ from .transport import ControlSession
 #: Seconds at most to wait for the NOOP that tells whether a session survived its variant.
 NOOP_WAIT = 2.0
 
-#: Seconds a command variant waits for its own reply before a line ending
-#: (``NOOP\r\n``) is sent behind it (at least; :func:`nudge_wait` scales it
-#: with the session's round trip): long enough for a healthy server and one
-#: retransmitted segment, short against the reply timeout.
+#: Seconds a command variant whose bytes stay unacknowledged waits for its
+#: own reply before a line ending (``NOOP\r\n``) is sent behind it (at
+#: least; :func:`nudge_wait` scales it with the session's round trip): long
+#: enough for one retransmitted segment, short against the reply timeout.
+#: An acknowledged line is nudged sooner (``ControlSession.exchange_nudged``).
 NUDGE_WAIT = 0.5
 
 
 def nudge_wait(timeout: float, round_trip: float | None) -> float:
-    """How long a variant waits before the nudge: :data:`NUDGE_WAIT`, or 10
-    round trips on a slow path, never more than half the ``timeout``."""
+    """How long an unacknowledged variant waits before the nudge:
+    :data:`NUDGE_WAIT`, or 10 round trips on a slow path, never more than
+    half the ``timeout``."""
     return min(max(NUDGE_WAIT, 10 * (round_trip or 0.0)), timeout / 2)
 
 #: Back-off before retrying a session the server refused with 421, seconds.
@@ -150,9 +152,11 @@ class ProbeContext:
         return s
 
     def adopt(self, s: ControlSession) -> bool:
-        """Keep ``s`` (logged in, on the target's port, left clean by its
-        opener) as a spare for the next probe, if a limiter slot is free;
-        ``False`` (the caller closes it) otherwise."""
+        """Keep ``s`` (logged in, on the target's port) as a spare for the
+        next probe, if it is clean (nothing unread, not closed) and a limiter
+        slot is free; ``False`` (the caller closes it) otherwise."""
+        if s.reader.buffered or s._eof or s.closed:
+            return False
         token = object()
         try:
             self.limiter.acquire_on_behalf_of_nowait(token)
@@ -162,11 +166,31 @@ class ProbeContext:
         return True
 
     async def aclose(self) -> None:
-        """Close the spare sessions no probe took."""
-        while self._spares:
-            spare, token = self._spares.pop()
-            await spare.aclose()
-            self._release(token)
+        """Close the spare sessions no probe took (all at once: each may wait
+        for the server's close after QUIT)."""
+        spares, self._spares = self._spares, []
+        async with trio.open_nursery() as nursery:
+            for spare, token in spares:
+                nursery.start_soon(self._close_spare, spare, token)
+
+    async def _close_spare(self, spare: ControlSession, token: object) -> None:
+        await spare.aclose()
+        self._release(token)
+
+    async def _close_idle_spare(self, *, only_if_full: bool = True) -> None:
+        """Close one spare session (``only_if_full``: only when no limiter
+        slot is free, i.e. spares may hold every slot: a probe that cannot
+        use a logged-in session would wait for a slot nobody gives back)."""
+        if self._spares and (not only_if_full or self.limiter.available_tokens <= 0):
+            await self._close_spare(*self._spares.pop())
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """A limiter slot for a connection a probe opens itself (not through
+        :meth:`session`); an idle spare is closed first if spares hold every slot."""
+        await self._close_idle_spare()
+        async with self.limiter:
+            yield
 
     def _release(self, token: object) -> None:
         """Give a session's limiter slot back and wake the probes waiting in :meth:`_reused`."""
@@ -206,14 +230,8 @@ class ProbeContext:
                 await spare.aclose()
                 self._release(token)
             return
-        if self._spares and not self.limiter.available_tokens:
-            # Spares hold every slot and this probe cannot use one: close one
-            # rather than wait for a slot nobody would give back.
-            idle, token = self._spares.pop()
-            await idle.aclose()
-            self._release(token)
         try:
-            async with self.limiter:
+            async with self.slot():
                 s = await self._establish(login, port or self.target.port, plain=plain)
                 try:
                     yield s
@@ -256,7 +274,7 @@ class ProbeContext:
             yield s
         finally:
             last = s.history[-1] if s.history else None
-            if (last is not None and last.outcome == "reply" and not s.reader.buffered
+            if (not self._spares and last is not None and last.outcome == "reply" and not s.reader.buffered
                     and not s._eof and not s.closed):
                 self._spares.append((s, token))
                 self._wake()
@@ -289,6 +307,7 @@ class ProbeContext:
                     self.refusals.append(greeting.display(120))
                     if self.limiter.total_tokens > 1:
                         self.limiter.total_tokens -= 1
+                    await self._close_idle_spare(only_if_full=False)  # it may be what the server counted
                     if pause is None:
                         raise SessionRefused(f"server refused the session: {greeting.display(120)}")
                     await s.aclose()
@@ -338,10 +357,11 @@ ACTIONS: dict[str, Action] = {}
 
 
 #: Actions that hold one session longest (a packet capture lingering for a
-#: late reset, a TTL walk waiting for each hop): the runner starts them first
-#: and the short probes fill the other sessions around them (longest first
-#: keeps a run close to its slowest probe).  Not the passive map: it spreads
-#: over several sessions, and started first it would take them all.
+#: late reset): the runner starts them first and the short probes fill the
+#: other sessions around them (longest first keeps a run close to its slowest
+#: probe).  Only actions that ask for their session before their first wait
+#: gain by it (not the TTL walk: its capture starts first).  Not the passive
+#: map: it spreads over several sessions, and started first it would take them all.
 STARTS_FIRST: set[str] = set()
 
 
@@ -403,12 +423,14 @@ async def _stall_retry(ctx: ProbeContext, command: Command, cuts: tuple[int, ...
 async def run_command(ctx: ProbeContext, probe: Probe) -> CommandObs:
     """Send the probe's command variant in a fresh session and record the outcome.
 
-    A variant that got no reply within :func:`nudge_wait` (0.5 s on a quick
-    path) is followed by ``NOOP\\r\\n`` (the nudge,
+    A variant that got no reply (its bytes acknowledged and two round trips
+    more gone by, or :func:`nudge_wait`, 0.5 s on a quick path, while they
+    stay unacknowledged) is followed by ``NOOP\\r\\n`` (the nudge,
     :meth:`~ftpprobe.transport.ControlSession.exchange_nudged`): one reply
     then shows the server held the line until a line ending followed, and
     how it parsed what it held (``nudge``; no retry: the server answered);
-    a reply to the line and another to the NOOP show a late reply.  A
+    a reply to the line and then the NOOP's, before the reply to the
+    ``SYST`` that follows, show a late reply.  A
     transient 4xx reply is retried in a new session after :data:`BACKOFF`
     (the prober's own concurrent sessions may be what the server counted).
     After an answered variant a canonical ``NOOP`` tells whether the

@@ -161,7 +161,7 @@ async def run_reflect_syn(ctx: ProbeContext, probe: Probe) -> SynObs:
     Holds a session slot; no login (the SYN is all it asks about).  Raises
     :class:`FtpProbeError` when the connection or greeting fails."""
     host, port = ctx.target.host, ctx.target.port
-    async with ctx.limiter:
+    async with ctx.slot():
         stream = await _connect_with_mss(host, port, ctx.timeout, PROBE_MSS)
         s = ControlSession(stream, host, port, ctx.timeout)
         try:

@@ -111,7 +111,7 @@ def quote_state(line: bytes, quoted: Quoted | None) -> str:
     return "rewritten"
 
 
-@action("hops", starts_first=True)
+@action("hops")
 async def run_hops(ctx: ProbeContext, probe: Probe) -> HopsObs | Skipped:
     """After a login to the reflector, send the probe's PORT line (naming our
     own address and a listener) with IP TTL 1, then raise the TTL by one each

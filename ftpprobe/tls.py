@@ -388,7 +388,7 @@ async def observe_tls(ctx: ProbeContext, probe: Probe) -> TlsObs:
     observed_at = time.time()
     clear_passive, clear_advertised, clear_data, clear_skipped, exchanges = await _clear_leg(ctx)
     fields: dict = {}
-    async with ctx.limiter:
+    async with ctx.slot():
         context = client_context(verify=True)
         s, auth, checked = await _open_secured(ctx, context, mode)
         unverified = None
@@ -439,7 +439,7 @@ async def observe_versions(ctx: ProbeContext, probe: Probe) -> TlsVersionsObs:
     is asked).  Never raises for the server's behaviour."""
     mode = "implicit" if ctx.target.tls == "implicit" else "explicit"
     outcomes: list[TlsVersionOutcome] = []
-    async with ctx.limiter:
+    async with ctx.slot():
         for name in VERSIONS:
             if outcomes and outcomes[-1].outcome == "no-tls":
                 outcomes.append(TlsVersionOutcome(name, "no-tls", outcomes[-1].detail))  # asked once is enough

@@ -17,7 +17,7 @@ import socket
 import struct
 import termios
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import trio
 
@@ -474,22 +474,30 @@ class ControlSession:
 
     async def _await_or_acknowledged(self, command: Command, cuts: tuple[int, ...], wait: float) -> Exchange:
         """:meth:`exchange` of ``command`` whose reply is awaited at most
-        ``wait`` seconds, or until the line, acknowledged by the peer, has
-        stayed unanswered for a further :meth:`settle` seconds; a ``timeout``
-        exchange then (with the TCP_INFO of that moment).  Recorded in
-        :attr:`history` like :meth:`exchange`."""
+        ``wait`` seconds, or until the line, acknowledged by the peer with no
+        part of a reply received, has stayed so for a further :meth:`settle`
+        seconds; a ``timeout`` exchange then (with the TCP_INFO of that
+        moment).  Recorded in :attr:`history` like :meth:`exchange`."""
         step = min(self.settle(), wait)
+        started = time.monotonic()
         ex = await self.exchange(command, cuts=cuts, timeout=step)
         acknowledged = False
-        while ex.outcome == "timeout" and ex.elapsed < wait:
-            if ex.tcp_info is not None and ex.tcp_info.outq == 0:
+        while ex.outcome == "timeout" and (left := wait - (time.monotonic() - started)) > 0:
+            if ex.tcp_info is not None and ex.tcp_info.outq == 0 and not self.reader.buffered:
                 if acknowledged:
                     break  # acknowledged at the last look too, and still no reply: held
                 acknowledged = True
-            started = time.monotonic() - ex.elapsed
+            else:
+                acknowledged = False
             self.history[-1] = ex = await self.read_exchange(ex.sent, started=started, segments=ex.segments,
-                                                             timeout=min(step, wait - ex.elapsed))
+                                                             timeout=min(step, left))
         return ex
+
+    #: What :meth:`exchange_nudged` sends after the nudge's first reply: a
+    #: command that is never answered 200 (RFC 959 §4.2: 215, or 500/501/502),
+    #: so whether the NOOP's 200 comes before its reply tells which command
+    #: the first reply answered.
+    MARKER = Command("SYST")
 
     async def exchange_nudged(self, command: Command, *, cuts: tuple[int, ...] = (), wait: float,
                               timeout: float | None = None) -> tuple[Exchange, Exchange | None]:
@@ -499,28 +507,29 @@ class ControlSession:
 
         When to nudge: the kernel's send queue (SIOCOUTQ) is looked at every
         :meth:`settle` seconds (two round trips of this session, at least
-        50 ms).  Once the peer has acknowledged every byte of the line and a
-        further look still finds no reply, the line is held (by the server
-        or by a middlebox that acknowledged it) and the nudge goes at once;
-        while bytes stay unacknowledged (a path that drops the segment: its
-        retransmissions are the evidence) the variant waits the whole
-        ``wait`` seconds.  An early nudge never decides alone: a server that
-        was only slow answers the line and then the NOOP, two replies.
+        50 ms).  Once the peer has acknowledged every byte of the line, no
+        part of a reply has arrived, and a further look finds the same, the
+        line is held (by the server or by a middlebox that acknowledged it)
+        and the nudge goes at once; while bytes stay unacknowledged (a path
+        that drops the segment: its retransmissions are the evidence) the
+        variant waits the whole ``wait`` seconds.
 
-        Returns ``(variant, nudge)``; ``nudge`` is ``None`` when the variant
-        was answered within ``wait``.  Replies are told apart by count, never
-        by timing: the server answered the variant by itself (late) when a
-        second reply (the NOOP's) followed the first within a grace of
-        max(0.1 s, 2 round trips); then ``variant`` is the first reply and
-        ``nudge`` the NOOP's.  Otherwise the one reply answered what the
-        server held plus the line ending: ``variant`` is a ``timeout`` (no
-        reply of its own before the nudge; TCP_INFO taken then) and ``nudge``
-        the reply.  When nothing answers even the nudge, ``variant`` is a
-        ``timeout`` at ``timeout`` and ``nudge`` a ``timeout`` too.  Both
-        exchanges go to :attr:`history`.
+        Which command the first reply after the nudge answered is told by
+        order, never by timing (a slow server may answer the line itself
+        after the nudge left): :data:`MARKER` (``SYST``) follows at once, and
+        replies come in the order of the commands (RFC 959 §4.2).  If the
+        next reply is a 200 (the NOOP's), the first one was the server's own
+        late reply to the line: ``variant`` is it and ``nudge`` the NOOP's.
+        Otherwise the first reply answered what the server held plus the
+        line ending: ``variant`` is a ``timeout`` (no reply of its own before
+        the nudge; TCP_INFO taken then) and ``nudge`` that reply.  The
+        marker's reply is read too, so the session is left in step.  When
+        nothing answers even the nudge, ``variant`` is a ``timeout`` at
+        ``timeout`` and ``nudge`` a ``timeout`` too.  Every exchange goes to
+        :attr:`history`; ``nudge`` is ``None`` when the variant was answered
+        before the nudge.
         """
         timeout = self.timeout if timeout is None else timeout
-        rtt = self.round_trip()
         if wait >= timeout:
             return await self.exchange(command, cuts=cuts, timeout=timeout), None
         ex = await self._await_or_acknowledged(command, cuts, wait)
@@ -554,23 +563,27 @@ class ControlSession:
                            elapsed=round(ex.elapsed + time.monotonic() - nudge_sent, 3), error=str(exc))
             self.history.append(bad)
             return bad, None
-        after = time.monotonic() - nudge_sent
-        grace = min(max(0.1, 2 * (rtt or 0.05)), 1.0)
+        after = round(time.monotonic() - nudge_sent, 3)
+        marker_sent = time.monotonic()
+        marker = self.MARKER.encode()
         try:
-            second = await self.read_reply(grace)
-        except (ReplyTimeout, PeerClosed, ProtocolError):
-            second = None
-        if second is not None:
-            # Two replies: the server answered the line by itself (late), and the NOOP apart.
+            await self.send_raw([marker])
+        except (ReplyTimeout, PeerClosed, ProtocolError) as exc:
+            following = _unanswered(marker, exc, marker_sent)
+        else:
+            following = await self.read_exchange(marker, started=marker_sent, timeout=timeout)
+        if following.reply is not None and following.reply.code == 200:
+            # The NOOP's own reply came next: the server answered the line by itself (late).
             late = Exchange(sent=ex.sent, outcome="reply", reply=first, segments=ex.segments,
                             elapsed=round(ex.elapsed + after, 3))
-            nudge = Exchange(sent=sent, outcome="reply", reply=second, elapsed=round(time.monotonic() - nudge_sent, 3))
-            self.history += [late, nudge]
+            nudge = replace(following, sent=sent, elapsed=round(time.monotonic() - nudge_sent, 3))
+            own = await self.read_exchange(marker, started=marker_sent, timeout=timeout)
+            self.history += [late, nudge, own]
             return late, nudge
         held = Exchange(sent=ex.sent, outcome="timeout", segments=ex.segments, elapsed=ex.elapsed,
                         tcp_info=ex.tcp_info, error=f"no reply of its own within {waited:g} s")
-        nudge = Exchange(sent=sent, outcome="reply", reply=first, elapsed=round(after, 3))
-        self.history += [held, nudge]
+        nudge = Exchange(sent=sent, outcome="reply", reply=first, elapsed=after)
+        self.history += [held, nudge, following]
         return held, nudge
 
     async def exchange_pipelined(self, commands: list[Command], *, timeout: float | None = None) -> list[Exchange]:

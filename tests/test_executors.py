@@ -59,37 +59,40 @@ async def test_held_bare_lf_pasv_is_told_apart_by_the_nudge(pyftpd):
     # pyftpdlib echoes the joined line, bare LF and all: the reply reader ends its first line there
     assert obs.nudge.code == 500 and obs.nudge.reply.text.startswith('500 Command "PASV')
     assert obs.alive_after is True and obs.retry is None
-    assert [ex.sent for ex in obs.exchanges] == [b"PASV\n", b"NOOP\r\n"]  # no login, one session
+    # no login, one session; SYST after the nudge's reply showed which command that reply answered
+    assert [ex.sent for ex in obs.exchanges] == [b"PASV\n", b"NOOP\r\n", b"SYST\r\n"]
     # The line was acknowledged, so the nudge went once a further look found no
     # reply, not after the whole wait kept for unacknowledged lines.
     assert obs.exchange.tcp_info.outq == 0 and obs.exchange.tcp_info.stall == "held"
     assert obs.exchange.elapsed < nudge_wait(TIMEOUT, None)
 
 
-def slow_pasv(conn, server):
-    """Logs in, answers PASV (bare LF or not) by itself 0.4 s after reading it,
-    anything else at once: a slow server, not one that holds the line."""
+def slow_commands(conn, server):
+    """Logs in at once, then answers every command (bare LF or not) by itself
+    0.4 s after reading it: a slow server, not one that holds the line."""
     conn.sendall(b"220 hello\r\n")
+    replies = {b"USER": b"331 password please\r\n", b"PASS": b"230 ok\r\n", b"NOOP": b"200 NOOP ok\r\n",
+               b"SYST": b"215 UNIX Type: L8\r\n", b"QUIT": b"221 bye\r\n"}
     while line := hostile._read_line(conn):
         verb = line.split()[0].upper() if line.split() else b""
-        if verb == b"PASV":
+        if verb not in (b"USER", b"PASS"):
             time.sleep(0.4)
-            conn.sendall(hostile._own_pasv(server))
-        else:
-            conn.sendall({b"USER": b"331 password please\r\n", b"PASS": b"230 ok\r\n",
-                          b"NOOP": b"200 NOOP ok\r\n"}.get(verb, b"502 not here\r\n"))
+        conn.sendall(hostile._own_pasv(server) if verb == b"PASV" else replies.get(verb, b"502 not here\r\n"))
 
 
 async def test_an_early_nudge_still_tells_a_slow_server_from_one_that_holds(monkeypatch):
-    """The server acknowledges 'PASV\\n' at once but answers only 0.4 s later:
-    the nudge has gone by then, and the two replies (227 to the line, 200 to
-    the NOOP) show a late reply, never a held line."""
-    monkeypatch.setitem(hostile.SCENARIOS, "slow-pasv", slow_pasv)
-    with hostile.HostileServer("slow-pasv") as server:
+    """The server acknowledges 'PASV\\n' at once but answers only 0.4 s later,
+    and the NOOP 0.4 s after that: the nudge has gone long before, yet the
+    order of the replies (227, then the NOOP's 200 before SYST's 215) shows
+    a late reply to the line, never a held line."""
+    monkeypatch.setitem(hostile.SCENARIOS, "slow-commands", slow_commands)
+    with hostile.HostileServer("slow-commands") as server:
         obs = await observe(context(server), "pasv-lf")
     assert obs.exchange.outcome == "reply" and obs.exchange.code == 227
     assert obs.nudge is not None and obs.nudge.code == 200
     assert obs.alive_after is True and obs.retry is None
+    assert [(ex.sent, ex.code) for ex in obs.exchanges] == [(b"PASV\n", 227), (b"NOOP\r\n", 200),
+                                                            (b"SYST\r\n", 215)]
 
 
 def silent_after_login(conn, server):

@@ -8,6 +8,7 @@ import trio
 
 
 from ftpprobe.catalog import load_catalog
+from ftpprobe.observations import Failed
 from ftpprobe.rules import RULES
 from ftpprobe.runner import run_probes
 from ftpprobe.target import Target
@@ -254,3 +255,25 @@ async def test_a_probe_without_login_is_not_starved_by_idle_sessions(pyftpd):
     assert report.error == ""
     # pyftpdlib without TLS answers AUTH TLS 500: the login will go in clear text
     assert {x.id: x.status for x in report.findings}["server.cleartext-login"] == "present"
+
+
+async def test_idle_sessions_never_starve_a_probe_that_cannot_use_them(pyftpd):
+    """Idle logged-in sessions (the preflight's, the session-limit probe's,
+    ones handed back in check's reuse mode) hold limiter slots; a probe that
+    needs a session before the login, or opens its own connections (TLS
+    versions), gets one anyway, and a 421 makes the run close an idle one."""
+    catalog = {p.name: p for p in load_catalog(vantage="server")}
+    runs = [(("session-limit", "tls-versions"), {"max_sessions": 4}),
+            (("pasv-crlf", "pasv-lowercase", "epsv", "auth-tls"), {"max_sessions": 2, "reuse_sessions": True})]
+    server = pyftpd(passive_ports=(52320, 52329))
+    for names, options in runs:
+        report = await run_probes(target_of(server), probes=[catalog[n] for n in names], timeout=1.5,
+                                  deadline=10, **options)
+        assert report.error == "", (names, report.error)
+        assert not any(isinstance(o, Failed) for o in report.observations.values()), report.observations
+    # pyftpdlib counts its listener: max_cons=2 allows one session, the idle preflight one.
+    limited = pyftpd(passive_ports=(52330, 52339), max_cons=2)
+    report = await run_probes(target_of(limited), probes=[catalog["auth-tls"], catalog["tls-versions"]],
+                              timeout=1.5, max_sessions=2, deadline=10)
+    assert report.error == ""
+    assert not any(isinstance(o, Failed) for o in report.observations.values()), report.observations

@@ -72,12 +72,15 @@ VARIANT_TABLE = """
     malformed reply                                  ``inconclusive``
     ===============================================  =========================================
 
-    The short wait: a variant unanswered after 0.5 s (or 10 round trips) gets
-    ``NOOP\\r\\n`` behind it.  A reply to the line and another to the NOOP is
-    a late reply (the rows of a reply apply); one reply alone answered what
-    the server held plus the line ending, so the server did not execute the
-    line as sent; nothing even then is a timeout (the rows below: a NOOP
-    afterwards, a retry in a new session).
+    The short wait: a variant gets ``NOOP\\r\\n`` behind it once its bytes
+    were acknowledged and two round trips more (at least 50 ms) brought no
+    reply, or after 0.5 s (or 10 round trips) while they stay unacknowledged
+    (:meth:`~ftpprobe.transport.ControlSession.exchange_nudged`); ``SYST``
+    follows the first reply.  A reply to the line and then the NOOP's 200
+    before SYST's reply is a late reply (the rows of a reply apply); one
+    reply alone answered what the server held plus the line ending, so the
+    server did not execute the line as sent; nothing even then is a timeout
+    (the rows below: a NOOP afterwards, a retry in a new session).
 
     Why a double timeout is ``present``: the canonical line answered on the
     same path, the variant went unanswered twice in two fresh sessions (so
