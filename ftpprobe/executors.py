@@ -169,6 +169,9 @@ class ProbeContext:
         """Close the spare sessions no probe took (all at once: each may wait
         for the server's close after QUIT)."""
         spares, self._spares = self._spares, []
+        if len(spares) == 1:  # the usual case (check closes one per site): no nursery
+            await self._close_spare(*spares[0])
+            return
         async with trio.open_nursery() as nursery:
             for spare, token in spares:
                 nursery.start_soon(self._close_spare, spare, token)
