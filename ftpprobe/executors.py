@@ -155,7 +155,7 @@ class ProbeContext:
         """Keep ``s`` (logged in, on the target's port) as a spare for the
         next probe, if it is clean (nothing unread, not closed) and a limiter
         slot is free; ``False`` (the caller closes it) otherwise."""
-        if s.reader.buffered or s._eof or s.closed:
+        if not s.quiet():
             return False
         token = object()
         try:
@@ -277,8 +277,10 @@ class ProbeContext:
             yield s
         finally:
             last = s.history[-1] if s.history else None
-            if (not self._spares and last is not None and last.outcome == "reply" and not s.reader.buffered
-                    and not s._eof and not s.closed):
+            # Kept only as the one spare, and only while no probe waits for a slot
+            # (a spare never gives its slot to a probe that cannot use it).
+            if (not self._spares and not self.limiter.statistics().tasks_waiting and last is not None
+                    and last.outcome == "reply" and s.quiet()):
                 self._spares.append((s, token))
                 self._wake()
             else:
@@ -452,7 +454,7 @@ async def run_command(ctx: ProbeContext, probe: Probe) -> CommandObs:
             ex, nudge = await s.exchange_nudged(probe.command, cuts=probe.cuts,
                                                 wait=nudge_wait(ctx.timeout, s.round_trip()))
             if nudge is not None and nudge.outcome == "reply":
-                alive = True
+                alive = ex.outcome not in ("reset", "closed")
             elif ex.outcome in ("reply", "timeout"):
                 # After a timeout too: a reply to NOOP shows the connection alive,
                 # none shows it stalled.

@@ -459,6 +459,22 @@ class ControlSession:
     #: line, so the server's reply shows how it parsed what it held.
     NUDGE = Command("NOOP")
 
+    def quiet(self) -> bool:
+        """Nothing unread: no buffered part of a reply, no bytes waiting in the
+        socket (plain FTP; a peek, nothing consumed), not closed.  A session
+        that is quiet can be handed to another probe."""
+        if self.reader.buffered or self._eof or self.closed:
+            return False
+        if self._raw is not None and self.tls is None:
+            try:
+                self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True  # nothing waiting
+            except OSError:
+                return False
+            return False  # a byte waiting, or the peer's close
+        return True
+
     def round_trip(self) -> float | None:
         """The quickest answered exchange of this session (seconds): an upper
         bound of the round trip (None before any answered exchange)."""
@@ -498,6 +514,9 @@ class ControlSession:
     #: so whether the NOOP's 200 comes before its reply tells which command
     #: the first reply answered.
     MARKER = Command("SYST")
+    #: Seconds at most for the replies after the nudge's first (the NOOP's
+    #: and the marker's, in all): a slow server's, not a stalled path's.
+    MARKER_WAIT = 2.0
 
     async def exchange_nudged(self, command: Command, *, cuts: tuple[int, ...] = (), wait: float,
                               timeout: float | None = None) -> tuple[Exchange, Exchange | None]:
@@ -522,8 +541,12 @@ class ControlSession:
         late reply to the line: ``variant`` is it and ``nudge`` the NOOP's.
         Otherwise the first reply answered what the server held plus the
         line ending: ``variant`` is a ``timeout`` (no reply of its own before
-        the nudge; TCP_INFO taken then) and ``nudge`` that reply.  The
-        marker's reply is read too, so the session is left in step.  When
+        the nudge; TCP_INFO taken then) and ``nudge`` that reply; also when
+        a 200 came next but nothing after it (a server that answers SYST with
+        200).  A reset or close before the marker's reply leaves it unknown:
+        ``variant`` is that ``reset``/``closed``.  The replies after the
+        first are awaited :data:`MARKER_WAIT` seconds in all and read, so the
+        session is left in step.  When
         nothing answers even the nudge, ``variant`` is a ``timeout`` at
         ``timeout`` and ``nudge`` a ``timeout`` too.  Every exchange goes to
         :attr:`history`; ``nudge`` is ``None`` when the variant was answered
@@ -564,25 +587,38 @@ class ControlSession:
             self.history.append(bad)
             return bad, None
         after = round(time.monotonic() - nudge_sent, 3)
+        nudge = Exchange(sent=sent, outcome="reply", reply=first, elapsed=after)
         marker_sent = time.monotonic()
         marker = self.MARKER.encode()
+        budget = min(timeout, self.MARKER_WAIT)  # for the replies after the first, in all
         try:
             await self.send_raw([marker])
         except (ReplyTimeout, PeerClosed, ProtocolError) as exc:
             following = _unanswered(marker, exc, marker_sent)
         else:
-            following = await self.read_exchange(marker, started=marker_sent, timeout=timeout)
+            following = await self.read_exchange(marker, started=marker_sent, timeout=budget)
+        if following.outcome in ("reset", "closed"):
+            # The NOOP's reply may have been lost with the connection: which
+            # command the first reply answered cannot be told.
+            cut = Exchange(sent=ex.sent, outcome=following.outcome, segments=ex.segments,
+                           elapsed=round(ex.elapsed + after, 3),
+                           error=f"{following.error} (after the line ending's first reply "
+                                 f"'{first.display(60)}': which line it answered is unknown)")
+            self.history += [cut, nudge, following]
+            return cut, nudge
         if following.reply is not None and following.reply.code == 200:
-            # The NOOP's own reply came next: the server answered the line by itself (late).
-            late = Exchange(sent=ex.sent, outcome="reply", reply=first, segments=ex.segments,
-                            elapsed=round(ex.elapsed + after, 3))
-            nudge = replace(following, sent=sent, elapsed=round(time.monotonic() - nudge_sent, 3))
-            own = await self.read_exchange(marker, started=marker_sent, timeout=timeout)
-            self.history += [late, nudge, own]
-            return late, nudge
+            # A 200 next: the NOOP's (the line was answered late, by itself), unless
+            # SYST's: then nothing follows it.
+            own = await self.read_exchange(marker, started=marker_sent,
+                                           timeout=max(0.0, budget - (time.monotonic() - marker_sent)))
+            if own.outcome == "reply":
+                late = Exchange(sent=ex.sent, outcome="reply", reply=first, segments=ex.segments,
+                                elapsed=round(ex.elapsed + after, 3))
+                noop = replace(following, sent=sent, elapsed=round(time.monotonic() - nudge_sent, 3))
+                self.history += [late, noop, own]
+                return late, noop
         held = Exchange(sent=ex.sent, outcome="timeout", segments=ex.segments, elapsed=ex.elapsed,
                         tcp_info=ex.tcp_info, error=f"no reply of its own within {waited:g} s")
-        nudge = Exchange(sent=sent, outcome="reply", reply=first, elapsed=after)
         self.history += [held, nudge, following]
         return held, nudge
 

@@ -340,3 +340,61 @@ async def test_exchange_is_frozen_and_bytes_exact(pyftpd):
     with pytest.raises(AttributeError):
         ex.outcome = "timeout"  # type: ignore[misc]
     assert ex.sent == b"PASV \r\n"
+
+
+def _read_crlf(conn) -> bytes:
+    line = b""
+    while not line.endswith(b"\r\n"):
+        byte = conn.recv(1)
+        if not byte:
+            return b""
+        line += byte
+    return line
+
+
+def holds_then_syst_200(conn, server):
+    """Holds every line until CRLF, takes the first word of the joined line
+    ('PASV\\nNOOP' is PASV: 227), and answers SYST with 200, against RFC 959."""
+    conn.sendall(b"220 hello\r\n")
+    while line := _read_crlf(conn):
+        verb = line.split()[0].upper()
+        if verb == b"QUIT":
+            conn.sendall(b"221 bye\r\n")
+            return
+        conn.sendall({b"USER": b"331 password please\r\n", b"PASS": b"230 ok\r\n", b"PASV": hostile._own_pasv(server),
+                      b"SYST": b"200 UNIX Type: L8\r\n"}.get(verb, b"200 ok\r\n"))
+
+
+def slow_then_reset(conn, server):
+    """Answers a bare-LF PASV by itself 0.4 s late, then resets the connection
+    instead of answering the NOOP: which line the 227 answered is unknown."""
+    conn.sendall(b"220 hello\r\n")
+    while line := hostile._read_line(conn):
+        verb = line.split()[0].upper() if line.split() else b""
+        if verb in (b"USER", b"PASS"):
+            conn.sendall(b"331 password please\r\n" if verb == b"USER" else b"230 ok\r\n")
+        elif verb == b"PASV":
+            time.sleep(0.4)
+            conn.sendall(hostile._own_pasv(server))
+        else:
+            hostile._reset(conn)
+            return
+
+
+async def test_a_held_line_stays_held_when_syst_is_answered_200(monkeypatch):
+    """The reply after the nudge's is a 200, but SYST's (nothing follows it):
+    the server held 'PASV\\n', it did not answer it late."""
+    monkeypatch.setitem(hostile.SCENARIOS, "holds-then-syst-200", holds_then_syst_200)
+    with hostile.HostileServer("holds-then-syst-200") as server:
+        obs = await observe(context(server), "pasv-lf")
+    assert obs.exchange.outcome == "timeout" and obs.nudge is not None and obs.nudge.code == 227
+
+
+async def test_a_reset_after_the_nudges_first_reply_leaves_the_variant_undecided(monkeypatch):
+    """A reset before the NOOP's reply: the 227 may have answered the line or
+    the joined line; the variant is recorded as reset, the session as dead."""
+    monkeypatch.setitem(hostile.SCENARIOS, "slow-then-reset", slow_then_reset)
+    with hostile.HostileServer("slow-then-reset") as server:
+        obs = await observe(context(server), "pasv-lf")
+    assert obs.exchange.outcome == "reset" and obs.nudge is not None and obs.nudge.code == 227
+    assert obs.alive_after is False and "unknown" in obs.exchange.error
