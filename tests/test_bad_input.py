@@ -1,5 +1,6 @@
 """Bad input: each gives a clear message and exit code 3 (or a finding) within the deadline."""
 
+import socket
 import time
 
 import pytest
@@ -110,6 +111,8 @@ async def run_with_trap(server, probe_names, **kw):
     traps = []
     for port in {server.data_port, server.port}:
         trap = trio.socket.socket()
+        # The port was chosen free on 127.0.0.1; on 127.0.0.2 it may linger in TIME_WAIT.
+        trap.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         await trap.bind(("127.0.0.2", port))
         trap.listen(5)
         traps.append(trap)
