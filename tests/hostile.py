@@ -200,6 +200,17 @@ SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
     reset_after_pasv, reset_mid_multiline, silent_after_greeting)}
 
 
+def _free(host: str, port: int) -> bool:
+    """Can a listener bind ``host``:``port`` (SO_REUSEADDR) right now?"""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 class HostileServer:
     """Serve one scenario on ``host`` (port chosen by the kernel) in a thread.
 
@@ -231,11 +242,18 @@ class HostileServer:
                     pass
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer((self.host, 0), Handler)
+        # Ports that are free on the third-party address too, so a test can put a
+        # trap listener there (a port the kernel gave us on 127.0.0.1 may be taken
+        # on 127.0.0.2 by another socket).
+        for _ in range(50):
+            self.server = socketserver.ThreadingTCPServer((self.host, 0), Handler)
+            self.data = socket.create_server((self.host, 0))
+            self.port, self.data_port = self.server.server_address[1], self.data.getsockname()[1]
+            if all(_free(self.third_party, port) for port in (self.port, self.data_port)):
+                break
+            self.server.server_close()
+            self.data.close()
         self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.data = socket.create_server((self.host, 0))
-        self.data_port = self.data.getsockname()[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         threading.Thread(target=self._accept_data, daemon=True).start()
         return self
