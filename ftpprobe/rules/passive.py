@@ -153,7 +153,9 @@ def pasv_unreachable(seen: Seen) -> Finding:
     =====================================================  ==========================
 
     A failed data connection is this finding's evidence, whatever the cause
-    (refused, timeout): it is what a client meets.
+    (refused, timeout): it is what a client meets.  ``absent`` says how large
+    an unreachable share of the range could have gone unseen (95%): with
+    pipelined sampling only the last port of each write is tried.
     """
     quirk = "server.pasv-unreachable"
     pmap, missing = _mapped(quirk, seen)
@@ -164,6 +166,11 @@ def pasv_unreachable(seen: Seen) -> Finding:
         return Finding(quirk, "inconclusive", ["no data connection was tried"])
     evidence = [f"{pmap.reachable} of {pmap.tried} data connections succeeded"]
     if pmap.reachable == pmap.tried:
+        # How strong the absence is: had this share of the ports been unreachable,
+        # one of the tried ports would have failed with 95% probability.
+        share = 1 - 0.05 ** (1 / pmap.tried)
+        evidence.append(f"an unreachable share of the range above {share:.0%} would have shown with 95% "
+                        f"probability ({pmap.tried} ports tried; map with more --samples to tighten it)")
         return Finding(quirk, "absent", evidence)
     evidence += [f"ports {run['first']}-{run['last']} unreachable ({run['samples']} failed connection(s))"
                  if run["first"] != run["last"] else
