@@ -8,6 +8,7 @@ import trio
 
 
 from ftpprobe.catalog import load_catalog
+from ftpprobe.executors import SAMPLES_PER_SESSION
 from ftpprobe.observations import Failed
 from ftpprobe.rules import RULES
 from ftpprobe.runner import run_probes
@@ -49,7 +50,10 @@ async def test_full_probe_reports_what_pyftpdlib_does(pyftpd):
     assert abs(p["estimate_low"] - 52000) <= 4 * p["uncertainty"] + 1
     assert abs(p["estimate_high"] - 52019) <= 4 * p["uncertainty"] + 1
     # Pipelined PASV/EPSV: only the last port of each write is connected to.
-    assert p["allocation"] == "random" and drawn(p, 40) and p["reachable"] == p["tried"] >= 5
+    # pyftpdlib counts data channels against max_cons=5, so now and then one map session is
+    # refused (once in a CI run): it is counted in "errors", and its samples are missing.
+    assert p["allocation"] == "random" and p["reachable"] == p["tried"] >= 5
+    assert drawn(p, 40) or (p["errors"] == 1 and p["samples"] >= 40 - SAMPLES_PER_SESSION), p
 
 
 async def test_max_sessions_is_honoured_exactly(pyftpd):
