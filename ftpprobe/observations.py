@@ -161,6 +161,11 @@ class DataOutcome:
     error: str = ""
     head: bytes = b""
 
+    def describe(self) -> str:
+        """One evidence line: where it went, and connected or why not."""
+        return f"data connection to {self.host} port {self.port}: " + (
+            "connected" if self.connected else f"failed ({self.error})")
+
 
 @dataclass(frozen=True)
 class Transfer:

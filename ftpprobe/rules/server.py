@@ -334,9 +334,7 @@ def epsv_unsupported(seen: Seen) -> Finding:
                 return Finding(quirk, "inconclusive", evidence + [f"the 229 reply cannot be parsed: {obs.parse_error}"],
                                "fix the 229 reply's format: '229 Entering Extended Passive Mode (|||port|)'")
             if obs.data is not None:
-                d = obs.data
-                evidence.append(f"data connection to {d.host} port {d.port}: "
-                                + ("connected" if d.connected else f"failed ({d.error})"))
+                evidence.append(obs.data.describe())
             return Finding(quirk, "absent", evidence)
         if code == 202 or code >= 500:
             return Finding(quirk, "present", evidence, advice)

@@ -92,9 +92,7 @@ def _transfer_line(name: str, t: TlsTransfer) -> list[str]:
     if t.passive is not None:
         lines.append(f"{name}: {t.passive.describe()}")
     if t.data is not None:
-        d = t.data
-        lines.append(f"{name}: data connection to {d.host} port {d.port}: "
-                     + ("connected" if d.connected else f"failed ({d.error})"))
+        lines.append(f"{name}: {t.data.describe()}")
     if t.handshake is not None:
         h = t.handshake
         offered = "TLS session offered for reuse" if t.reuse_offered else "TLS session not offered for reuse"
@@ -115,9 +113,7 @@ def _clear_lines(obs: TlsObs) -> list[str]:
     if obs.clear_passive is not None:
         lines.append(f"in clear text: {obs.clear_passive.describe()}")
     if obs.clear_data is not None:
-        d = obs.clear_data
-        lines.append(f"in clear text: data connection to {d.host} port {d.port}: "
-                     + ("connected" if d.connected else f"failed ({d.error})"))
+        lines.append(f"in clear text: {obs.clear_data.describe()}")
     return lines
 
 
