@@ -230,8 +230,7 @@ class ProbeContext:
             try:
                 yield spare
             finally:
-                await spare.aclose()
-                self._release(token)
+                await self._close_spare(spare, token)
             return
         try:
             async with self.slot():
@@ -284,8 +283,7 @@ class ProbeContext:
                 self._spares.append((s, token))
                 self._wake()
             else:
-                await s.aclose()
-                self._release(token)
+                await self._close_spare(s, token)
 
     async def _establish(self, login: bool, port: int, *, plain: bool = False) -> ControlSession:
         """Open, greet and log in.  On a 421 greeting the slot count shrinks by
