@@ -48,7 +48,7 @@ from ..findings import Finding
 from ..observations import (Observation, ReflectActiveObs, ReflectPassiveObs, ReflectReplyObs, ReflectVariantObs,
                             SynObs)
 from . import Seen, rule
-from .path import PORT_CANONICAL, fate
+from .path import PORT_CANONICAL, fate, judge_pair
 
 #: A match needs at least this share of the decided probes to agree ...
 MATCH_SHARE = 0.85
@@ -335,17 +335,10 @@ def pipeline_blind(seen: Seen) -> Finding:
         evidence.append(f"{PIPELINED}: written in one segment after '{obs.companion_sent.decode('latin-1').strip()}'"
                         + (f"; reads at the reflector {','.join(map(str, obs.reflection.reads))}"
                            if obs.reflection is not None else ""))
-    if base_line.rewritten is False:
-        return Finding(quirk, "skipped", evidence + ["no ALG rewrote the canonical PORT line: nothing to compare with"])
-    if base_line.rewritten is None:
-        return Finding(quirk, "inconclusive", evidence)
-    if line.rewritten is True:
-        return Finding(quirk, "absent", evidence)
-    if line.rewritten is False:
-        return Finding(quirk, "present", evidence,
-                       "the ALG parses only the start of a TCP segment (Linux nf_conntrack_ftp's find_pattern, BSD "
-                       "libalias' ParseFtpPortCommand): clients must send PORT/EPRT in a segment of its own, not "
-                       "pipelined after another command")
-    if obs.exchange is not None and obs.exchange.outcome in ("reset", "closed"):
-        evidence.append("the connection was closed on the pipelined segment (a strict firewall refuses pipelining)")
-    return Finding(quirk, "inconclusive", evidence)
+    closed = obs.exchange is not None and obs.exchange.outcome in ("reset", "closed")
+    return judge_pair(quirk, base_line, line, evidence,
+                      "the ALG parses only the start of a TCP segment (Linux nf_conntrack_ftp's find_pattern, BSD "
+                      "libalias' ParseFtpPortCommand): clients must send PORT/EPRT in a segment of its own, not "
+                      "pipelined after another command",
+                      undecided=("the connection was closed on the pipelined segment (a strict firewall refuses "
+                                 "pipelining)",) if closed else ())

@@ -644,7 +644,16 @@ def _pair(quirk: str, seen: Seen, variant: str, advice: str) -> Finding:
     if base is None or obs is None:
         return Finding(quirk, "inconclusive", ["no reflector observation to compare"])
     base_line, line = fate(base), fate(obs)
-    evidence = [base_line.evidence, line.evidence]
+    return judge_pair(quirk, base_line, line, [base_line.evidence, line.evidence], advice)
+
+
+def judge_pair(quirk: str, base_line: Fate, line: Fate, evidence: list[str], advice: str,
+               undecided: tuple[str, ...] = ()) -> Finding:
+    """Canonical PORT line against a variant, each as :func:`fate` read it:
+    the variant arrived as sent where the canonical line was rewritten:
+    ``present`` (with ``advice``); rewritten too: ``absent``; no ALG rewrote
+    the canonical line: ``skipped``; anything else ``inconclusive`` (with
+    ``undecided`` added when the variant's fate is what is unknown)."""
     if base_line.rewritten is False:
         return Finding(quirk, "skipped", evidence + ["no ALG rewrote the canonical PORT line: nothing to compare with"])
     if base_line.rewritten is None:
@@ -653,7 +662,7 @@ def _pair(quirk: str, seen: Seen, variant: str, advice: str) -> Finding:
         return Finding(quirk, "absent", evidence)
     if line.rewritten is False:
         return Finding(quirk, "present", evidence, advice)
-    return Finding(quirk, "inconclusive", evidence)
+    return Finding(quirk, "inconclusive", evidence + list(undecided))
 
 
 PAIR_DOC = """{quirk}: the canonical PORT (alg-port-crlf) is rewritten but {variant} is not.
