@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from peers import PEERS, DebianServer, Unavailable, binary
+from peers import PEERS, DebianServer, Unavailable, binary, stop
 
 DAY = dt.timedelta(days=1)
 
@@ -222,11 +222,7 @@ TLSLog {run}/tls.log
         return self
 
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
         self.dir.cleanup()
 
 

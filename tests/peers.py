@@ -65,6 +65,15 @@ def wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float 
     raise Unavailable(f"server did not listen on {host}:{port} within {timeout} s")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """End a server process: terminate, and kill it if it is not gone within 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class DebianServer:
     """Start ``vsftpd`` or ``pure-ftpd`` on ``host`` with passive range
     ``pasv`` (inclusive) and at most ``max_clients`` sessions."""
@@ -119,11 +128,7 @@ class DebianServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
         self.dir.cleanup()
 
     @property

@@ -10,14 +10,13 @@ namespace and trusts that CA through ``SSL_CERT_FILE``.
 """
 
 import contextlib
-import datetime as dt
 import json
 import re
-import subprocess
 import sys
 
 import pytest
 
+from conftest import findings_by_id
 from ftps_servers import DAY, ProftpdTls, PureFtpdTls, CertAuthority, vsftpd_tls
 from lab import SiteLab, ftpprobe_in, running
 from peers import DebianServer, Unavailable
@@ -66,15 +65,11 @@ def ftps_server(lab, name, cert, *, public=None, implicit=False):
         server.__exit__(None, None, None)
 
 
-def by_id(report):
-    return {f["id"]: f for f in report["findings"]}
-
-
 def probe_tls(lab, *extra):
     code, report = ftpprobe_in(lab, lab.out, "probe", "--only", "tls,tls-versions", *extra, f"ftp://{lab.PUBLIC}/",
                                timeout="3")
     assert report["error"] == "", report["error"]
-    return code, by_id(report)
+    return code, findings_by_id(report)
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import findings_by_id
 from lab import SiteLab, ftpprobe_in, reflector_in, running
 
 pytestmark = pytest.mark.root
@@ -49,14 +50,10 @@ def debian_in(lab, package, extra=None):
         server.__exit__(None, None, None)
 
 
-def by_id(report):
-    return {f["id"]: f for f in report["findings"]}
-
-
 def test_private_address_announced_range_forwarded_no_helper():
     with running(SiteLab(helper=False, forward=RANGE)) as lab, pyftpdlib_in(lab):
         code, report = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "20", f"ftp://{lab.PUBLIC}/")
-    f = by_id(report)
+    f = findings_by_id(report)
     assert f["server.pasv-private-address"]["status"] == "present"
     assert "192.168.1.10" in f["server.pasv-private-address"]["evidence"][0]
     assert "announce the public address 203.0.113.1" in f["server.pasv-private-address"]["advice"]
@@ -74,7 +71,7 @@ def test_partly_forwarded_range_names_the_unreachable_ports():
         # the forwarded half has probability 0.5**36, where 40 samples (about 7 ports) failed
         # this test about once in 128 runs.
         code, report = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "200", f"ftp://{lab.PUBLIC}/")
-    f = by_id(report)
+    f = findings_by_id(report)
     assert report["passive"]["tried"] >= 20, report["passive"]
     assert f["server.pasv-private-address"]["status"] == "absent"  # it announces the public address
     unreachable = f["server.pasv-unreachable"]
@@ -94,11 +91,11 @@ def test_helper_rewrites_the_reply_and_opens_the_pinhole():
             code, report = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "10", f"ftp://{lab.PUBLIC}/")
         with reflector_in(lab, lab.srv, lab.SERVER):
             _, fingerprint = ftpprobe_in(lab, lab.out, "fingerprint", "--only", "alg-pasv-crlf,alg-epsv", lab.PUBLIC)
-    f = by_id(report)
+    f = findings_by_id(report)
     assert list(report["passive"]["addresses"]) == ["203.0.113.1"]  # from unpipelined replies
     assert f["server.pasv-private-address"]["status"] == "absent"
     assert f["server.pasv-unreachable"]["status"] == "absent"  # the helper's expectations let them in
-    g = by_id(fingerprint)
+    g = findings_by_id(fingerprint)
     assert g["alg.reply-rewrite"]["status"] == "present"
     assert "declared 192.168.1.10:" in g["alg.reply-rewrite"]["evidence"][0]
     assert "received 203.0.113.1:" in g["alg.reply-rewrite"]["evidence"][0]
@@ -114,7 +111,7 @@ def test_hairpin_from_the_lan(hairpin, expected):
         _, report = ftpprobe_in(lab, lab.lan, "map-pasv", "--from-lan", "--samples", "8", f"ftp://{lab.PUBLIC}/",
                                 timeout="1")
         _, outside = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "8", f"ftp://{lab.PUBLIC}/")
-    f = by_id(report)
+    f = findings_by_id(report)
     assert report["error"] == ""  # the control connection worked from the LAN
     assert f["path.hairpin"]["status"] == expected
     tried = report["passive"]["tried"]
@@ -123,14 +120,14 @@ def test_hairpin_from_the_lan(hairpin, expected):
         f"0 of {tried} passive data connections to 203.0.113.1 succeeded" if expected == "present"
         else f"{tried} of {tried} passive data connections to 203.0.113.1 succeeded")
     # from outside the same site works, and path.hairpin is not decidable there
-    assert by_id(outside)["server.pasv-unreachable"]["status"] == "absent"
-    assert by_id(outside)["path.hairpin"]["status"] == "skipped"
+    assert findings_by_id(outside)["server.pasv-unreachable"]["status"] == "absent"
+    assert findings_by_id(outside)["path.hairpin"]["status"] == "skipped"
 
 
 def test_vsftpd_behind_nat_announcing_its_private_address():
     with running(SiteLab(helper=False, forward=RANGE)) as lab, debian_in(lab, "vsftpd"):
         code, report = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "20", f"ftp://{lab.PUBLIC}/")
-    f = by_id(report)
+    f = findings_by_id(report)
     assert "vsFTPd 3.0.3" in report["greeting"]
     assert f["server.pasv-private-address"]["status"] == "present"
     assert "vsftpd pasv_address" in f["server.pasv-private-address"]["advice"]
@@ -143,7 +140,7 @@ def test_pure_ftpd_announcing_public_address_with_no_range_forwarded_is_critical
     with running(SiteLab(helper=False, forward=None)) as lab, \
             debian_in(lab, "pure-ftpd", extra={"masquerade": SiteLab.PUBLIC}):
         code, report = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "6", f"ftp://{lab.PUBLIC}/")
-    f = by_id(report)
+    f = findings_by_id(report)
     assert "Pure-FTPd" in report["greeting"]
     assert f["server.pasv-private-address"]["status"] == "absent"
     assert f["server.pasv-unreachable"]["status"] == "present"
@@ -160,7 +157,7 @@ def test_control_port_2121_and_where_the_helper_listens(helper_port, rewritten):
     site = SiteLab(helper=True, forward=None, control_port=2121, helper_port=helper_port)
     with running(site) as lab, pyftpdlib_in(lab):
         code, report = ftpprobe_in(lab, lab.out, "map-pasv", "--samples", "6", f"ftp://{lab.PUBLIC}:2121/")
-    f = by_id(report)
+    f = findings_by_id(report)
     if rewritten:
         assert list(report["passive"]["addresses"]) == ["203.0.113.1"]  # from unpipelined replies
         assert f["server.pasv-unreachable"]["status"] == "absent"
