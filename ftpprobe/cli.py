@@ -29,7 +29,7 @@ from .exporter import exporter_command
 from .findings import EXIT_PROBE_FAILED
 from .monitoring import THRESHOLD
 from .report import render_json, render_text, terminal_width
-from .runner import run_probes
+from .runner import AUTO_SESSIONS, DEFAULT_SESSIONS, run_probes
 from .target import DEFAULT_OTHER_PORT, Target, mask_userinfo, parse_target, reflector_target
 
 EXIT_CODES = """\b
@@ -198,9 +198,11 @@ def common_options(fn):
                            "within it counts as stalled.")(fn)
     fn = click.option("--deadline", type=click.FloatRange(1, 86400), default=120.0, show_default=True,
                       help="Seconds for the whole run; probes still running then are reported as failed.")(fn)
-    fn = click.option("--max-sessions", type=click.IntRange(1, 64), default=4, show_default=True,
-                      help="Concurrent control sessions at most (lowered to what the server allows). "
-                           "Each probe gets a fresh session, so more sessions finish a probe run sooner.")(fn)
+    fn = click.option("--max-sessions", type=click.IntRange(1, 64), default=None,
+                      help="Concurrent control sessions at most, lowered to what the server allows. "
+                           f"Default: {DEFAULT_SESSIONS}, or {AUTO_SESSIONS - 1} when the session-limit probe held "
+                           f"{AUTO_SESSIONS} at once without a refusal. Each probe gets a fresh session, so more "
+                           "sessions finish a run sooner.")(fn)
     fn = click.option("--trust-pasv-address", is_flag=True,
                       help="Open passive data connections to the address named in 227 replies instead of "
                            "the control peer's (off by default: a hostile server cannot aim the prober elsewhere).")(fn)

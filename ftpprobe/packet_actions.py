@@ -60,7 +60,14 @@ async def _preconditions(ctx: ProbeContext, probe: Probe, port: int) -> tuple[st
     return host, None
 
 
-@action("reset-capture", starts_first=True)
+def _prepare_capture() -> None:
+    """Load scapy ahead of a capture (the runner's :data:`~ftpprobe.executors.PREPARE`),
+    only where a capture can run at all."""
+    if permission_problem() is None:
+        warm_up()
+
+
+@action("reset-capture", starts_first=True, prepare=_prepare_capture)
 async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs | Skipped:
     """PORT naming our own listener, on a control connection captured packet
     by packet; every RST that arrives is attributed to the peer or a
@@ -77,10 +84,9 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
     host, skipped = await _preconditions(ctx, probe, port)
     if skipped is not None:
         return skipped
-    # scapy loads (in a thread of its own) while this probe waits for a
-    # session, and the capture starts once it has one: it never runs (with
-    # every packet on the interface to look at) while the probe waits its turn.
-    trio.lowlevel.start_thread_soon(warm_up, lambda _: None)
+    # The runner has started loading scapy (PREPARE); the capture starts once
+    # this probe has its session: it never runs (with every packet on the
+    # interface to look at) while the probe waits its turn.
     try:
         async with ctx.session(login=probe.login) as s:
             async with capturing(host, port) as cap:
@@ -111,7 +117,7 @@ def quote_state(line: bytes, quoted: Quoted | None) -> str:
     return "rewritten"
 
 
-@action("hops")
+@action("hops", prepare=_prepare_capture)
 async def run_hops(ctx: ProbeContext, probe: Probe) -> HopsObs | Skipped:
     """After a login to the reflector, send the probe's PORT line (naming our
     own address and a listener) with IP TTL 1, then raise the TTL by one each

@@ -18,7 +18,7 @@ import trio
 
 from .catalog import Probe, load_catalog
 from .errors import FtpProbeError
-from .executors import ACTIONS, STARTS_FIRST, ProbeContext, failed
+from .executors import ACTIONS, PREPARE, STARTS_FIRST, ProbeContext, failed
 from .findings import Finding, exit_code
 from .observations import Failed, Observation, PassiveMapObs, SessionLimitObs
 from .passive import PassiveMap, analyze
@@ -103,16 +103,36 @@ async def _observe_into(ctx: ProbeContext, probe: Probe, into: dict[str, Observa
     into[probe.name] = await _observe(ctx, probe)
 
 
-def _lower_limit(ctx: ProbeContext, obs: Observation) -> None:
-    """After the session-limit probe: run the other probes within what the
-    server allowed, leaving one slot free for real users when the limit is low.
+#: Concurrent control sessions of a run that was given no ``max_sessions``
+#: (``--max-sessions``), unless the session-limit probe showed more are welcome.
+DEFAULT_SESSIONS = 4
+#: The most such a run opens: the session-limit probe holds up to this many
+#: at once, and when the server took them all, the other probes use one
+#: fewer (a run of short probes is bound by its sessions' logins and QUITs).
+AUTO_SESSIONS = 8
 
-    Only a refusal that shows a limit (``421`` or ``too-many``) lowers it: a
-    timeout or reset may be the path, not the server's count.
+
+def _settle_limit(ctx: ProbeContext, obs: Observation | None, *, auto: bool) -> None:
+    """After the session-limit probe: how many sessions the other probes may
+    hold at once.
+
+    A refusal that shows a limit (``421`` or ``too-many``) lowers it to one
+    fewer than the sessions accepted (leaving a slot for real users; all of
+    them when only one or two were), whatever ``--max-sessions`` said.  A
+    timeout or reset does not: it may be the path, not the server's count.
+    ``auto`` (no ``--max-sessions``): :data:`DEFAULT_SESSIONS`, or one fewer
+    than the sessions the server took at once when it took all that were
+    tried (at most :data:`AUTO_SESSIONS`); with a limit shown, what it allows.
     """
+    limiter = ctx.limiter
     if isinstance(obs, SessionLimitObs) and obs.refusal in ("421", "too-many") and obs.accepted:
         allowed = obs.accepted - 1 if obs.accepted > 2 else obs.accepted
-        ctx.limiter.total_tokens = max(1, min(ctx.limiter.total_tokens, allowed))
+        limiter.total_tokens = max(1, min(limiter.total_tokens, allowed))
+    elif auto:
+        took_all = (isinstance(obs, SessionLimitObs) and obs.refusal is None and obs.tried
+                    and obs.accepted >= obs.tried)
+        limiter.total_tokens = max(DEFAULT_SESSIONS, min(limiter.total_tokens, obs.accepted - 1)) \
+            if took_all else DEFAULT_SESSIONS
 
 
 def passive_map(observations: Mapping[str, Observation]) -> PassiveMap | None:
@@ -125,7 +145,7 @@ def passive_map(observations: Mapping[str, Observation]) -> PassiveMap | None:
 
 
 async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
-                     deadline: float = 120.0, samples: int = 20, max_sessions: int = 4,
+                     deadline: float = 120.0, samples: int = 20, max_sessions: int | None = None,
                      trust_pasv_address: bool = False, progress=lambda message, done=None, total=None: None,
                      vantage: str = "server", other_port: int | None = None,
                      from_lan: bool = False, cert_warn_days: int = 14,
@@ -143,7 +163,9 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
 
     ``timeout``: seconds per connect/reply; ``deadline``: seconds for the whole
     run; ``samples``: passive replies for the mapping; ``max_sessions``:
-    concurrent control sessions at most (lowered by what the server allows).
+    concurrent control sessions at most (lowered by what the server allows;
+    ``None``: :data:`DEFAULT_SESSIONS`, raised by what the session-limit
+    probe shows, see :func:`_settle_limit`).
     Never raises for the server's or path's behaviour: a failed run has
     ``report.error`` set (exit code 3).
     """
@@ -153,11 +175,19 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
         raise FtpProbeError(f"probe(s) with unknown action: {', '.join(unknown)}")
     report = ProbeReport(target=target.url, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     started = time.monotonic()
-    ctx = ProbeContext(target, timeout=timeout, samples=samples, max_sessions=max_sessions,
+    if max_sessions is not None and max_sessions < 1:
+        raise FtpProbeError(f"max_sessions must be at least 1 (got {max_sessions})")
+    auto = max_sessions is None
+    # auto: the session-limit probe (exclusive, first) may hold AUTO_SESSIONS;
+    # the others get what _settle_limit decides after it.
+    ctx = ProbeContext(target, timeout=timeout, samples=samples,
+                       max_sessions=AUTO_SESSIONS if auto else max_sessions,
                        trust_pasv_address=trust_pasv_address, progress=progress,
                        other_port=other_port, expect_reflector=vantage == "reflector",
                        reuse_sessions=reuse_sessions)
     observations: dict[str, Observation] = {}
+    for prepare in {PREPARE[p.action] for p in probes if p.action in PREPARE}:
+        trio.lowlevel.start_thread_soon(prepare, lambda _: None)  # overlaps the preflight
     phase = "preflight (connect, greeting, login)"
     try:
         with trio.move_on_after(deadline) as scope:
@@ -171,10 +201,13 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
             report.peer = str(s.peer_address)
             progress(f"connected to {report.peer}, logged in as {target.user}")
 
+            limit_seen: Observation | None = None
             for probe in (p for p in probes if p.exclusive):
                 phase = f"{probe.name} probe"
                 observations[probe.name] = await _observe(ctx, probe)
-                _lower_limit(ctx, observations[probe.name])
+                if probe.action == "session-limit":
+                    limit_seen = observations[probe.name]
+            _settle_limit(ctx, limit_seen, auto=auto)
 
             phase = "probes"
             rest = [p for p in probes if not p.exclusive]

@@ -22,7 +22,9 @@ Every ``ssl`` error becomes one of :mod:`ftpprobe.errors` in one place,
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import ssl
 import time
 import warnings
@@ -53,15 +55,29 @@ VERSIONS: dict[str, ssl.TLSVersion] = {
 
 def client_context(*, verify: bool = True, version: str | None = None) -> ssl.SSLContext:
     """A client context: the system trust store and host-name checking when
-    ``verify``; none of either otherwise (for diagnosis only).
+    ``verify``; neither otherwise (for diagnosis only; the trust store is
+    then not read at all).
 
     ``version`` (a key of :data:`VERSIONS`) pins the context to that one
     version, lowering OpenSSL's security level where TLS 1.0/1.1 need it.
-    Raises ``ValueError`` or ``ssl.SSLError`` when this machine's OpenSSL
-    cannot offer ``version``.
+    Contexts are shared within the process (none is changed after it is
+    made): reading the trust store costs tens of milliseconds of CPU, once
+    per ``SSL_CERT_FILE``/``SSL_CERT_DIR`` setting rather than once per
+    probe or site.  Raises ``ValueError`` or ``ssl.SSLError`` when this
+    machine's OpenSSL cannot offer ``version``.
     """
-    context = ssl.create_default_context()
-    if not verify:
+    store = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if verify else None
+    return _client_context(verify, version, store)
+
+
+@functools.lru_cache(maxsize=None)
+def _client_context(verify: bool, version: str | None, store: tuple[str | None, str | None] | None
+                    ) -> ssl.SSLContext:
+    """:func:`client_context`, made once per ``(verify, version, store)``."""
+    if verify:
+        context = ssl.create_default_context()
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if version is not None:

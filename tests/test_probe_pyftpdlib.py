@@ -284,3 +284,86 @@ async def test_idle_sessions_never_starve_a_probe_that_cannot_use_them(pyftpd):
                                   max_sessions=2, deadline=10, **options)
         assert report.error == "", (names, report.error)
         assert not any(isinstance(o, Failed) for o in report.observations.values()), report.observations
+
+
+# -- how many sessions a run without --max-sessions uses (runner._settle_limit) ------------
+
+def _settled(obs, *, auto: bool, start: int) -> int:
+    from ftpprobe.executors import ProbeContext
+    from ftpprobe.runner import _settle_limit
+
+    ctx = ProbeContext(Target("192.0.2.1"), max_sessions=start)
+    _settle_limit(ctx, obs, auto=auto)
+    return ctx.limiter.total_tokens
+
+
+def test_settle_limit_decision_table():
+    from ftpprobe.observations import SessionLimitObs
+    from ftpprobe.runner import AUTO_SESSIONS, DEFAULT_SESSIONS
+
+    def seen(accepted, refusal=None, tried=AUTO_SESSIONS):
+        return SessionLimitObs("session-limit", tried=tried, held=1, accepted=accepted, refusal=refusal)
+
+    auto = AUTO_SESSIONS
+    # every session taken: one fewer than the server took (auto only)
+    assert _settled(seen(auto), auto=True, start=auto) == auto - 1
+    assert _settled(seen(3, tried=3), auto=False, start=3) == 3
+    # a limit in words: one fewer than accepted, however the run started
+    assert _settled(seen(6, "421"), auto=True, start=auto) == 5
+    assert _settled(seen(6, "too-many"), auto=False, start=4) == 4
+    assert _settled(seen(2, "421"), auto=True, start=auto) == 2
+    assert _settled(seen(1, "421"), auto=False, start=4) == 1
+    # no limit shown (timeout, reset, fewer opened) or the probe not run / failed: the default
+    for obs in (seen(5, "timeout"), seen(5, "reset"), seen(5, tried=auto), None,
+                Failed("session-limit", error="x", kind="timeout")):
+        assert _settled(obs, auto=True, start=auto) == DEFAULT_SESSIONS
+        assert _settled(obs, auto=False, start=3) == 3
+
+
+async def _run_watching_sessions(server) -> tuple:
+    """Run the full catalog without --max-sessions; also the most control
+    connections pyftpdlib counted from us at once after the session-limit
+    probe ended (during it, pyftpdlib counts the connections it refuses too)."""
+    ended = trio.Event()
+    done = trio.Event()
+    peak = 0
+
+    def progress(message, done_=None, total=None):
+        if message.startswith("session-limit:"):
+            ended.set()
+
+    async def watch() -> None:
+        nonlocal peak
+        await ended.wait()
+        while not done.is_set():
+            peak = max(peak, sum(1 for ip in list(server._server.ip_map) if ip == "127.0.0.1"))
+            await trio.sleep(0.002)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        report = await run_probes(target_of(server), timeout=1.5, samples=12, progress=progress)
+        done.set()
+    return report, {f.id: f for f in report.findings}["server.connection-limit"], peak
+
+
+async def test_default_sessions_stay_within_a_per_address_limit(pyftpd):
+    """Without --max-sessions, the session-limit probe tries 8 at once; a
+    server that takes 5 per address refuses the sixth, and the other probes
+    then hold 4 at most: none of theirs is refused."""
+    server = pyftpd(passive_ports=(52400, 52419))
+    server._server.max_cons_per_ip = 5
+    report, limit, peak = await _run_watching_sessions(server)
+    assert report.error == "" and report.refusals == []
+    assert limit.status == "present" and limit.data["limit"] == 5, limit
+    assert not [o for o in report.observations.values() if isinstance(o, Failed)]
+    assert peak <= 5, peak  # the server's own limit: it refused none of them
+
+
+async def test_default_sessions_rise_where_the_server_takes_eight(pyftpd):
+    """No per-address limit: the session-limit probe holds 8 at once, and the
+    other probes may then use 7 (more than the default 4)."""
+    server = pyftpd(passive_ports=(52420, 52439))
+    report, limit, peak = await _run_watching_sessions(server)
+    assert report.error == ""
+    assert limit.status == "absent" and limit.data["tested_up_to"] == 8, limit
+    assert 4 < peak <= 8, peak  # 7 (8 until one spare from the session-limit probe is closed)

@@ -452,7 +452,7 @@ def test_list_unparseable_shared_outcomes():
     (dict(tried=8, held=1, accepted=2, refusal="too-many",
           refusal_text="530 Sorry, the maximum number of clients (2) from your host are already connected"),
      "present", "maximum number of clients"),
-    (dict(tried=8, accepted=8), "absent", "no limit up to 8 sessions (the most --max-sessions allows)"),
+    (dict(tried=8, accepted=8), "absent", "no limit up to 8 sessions (the most this run opens)"),
     (dict(tried=8, accepted=4, refusal="timeout", refusal_text="no greeting in 5 s"), "inconclusive", "timed out"),
     (dict(tried=8, accepted=4, refusal="reset"), "inconclusive", "was reset"),
     (dict(tried=8, accepted=4, refusal="closed"), "inconclusive", "was closed"),

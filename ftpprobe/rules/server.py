@@ -680,7 +680,7 @@ def connection_limit(seen: Seen) -> Finding:
             "only a 421 or a 'too many' reply shows a limit; this may be loss, a rate limit or a firewall"],
                        data={"accepted": obs.accepted})
     if obs.tried and obs.accepted >= obs.tried:
-        evidence.append(f"no limit up to {obs.tried} sessions (the most --max-sessions allows)")
+        evidence.append(f"no limit up to {obs.tried} sessions (the most this run opens)")
         return Finding(quirk, "absent", evidence, data={"limit": None, "tested_up_to": obs.tried})
     return Finding(quirk, "inconclusive", evidence + ["fewer sessions opened than wanted, and no refusal seen"],
                    data={"accepted": obs.accepted})
