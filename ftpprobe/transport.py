@@ -172,6 +172,19 @@ def _unanswered(sent: bytes, exc: ReplyTimeout | PeerClosed | ProtocolError, sta
                     elapsed=round(time.monotonic() - started, 3), tcp_info=tcp_info, error=str(exc))
 
 
+def _reply_of(ex: Exchange) -> Reply:
+    """The reply of ``ex``; raises :class:`ReplyTimeout`, :class:`PeerClosed`
+    or :class:`ProtocolError` when it got none."""
+    if ex.reply is None:
+        sent = escape(ex.sent)
+        if ex.outcome == "timeout":
+            raise ReplyTimeout(f"{sent}: {ex.error}", tcp_info=asdict(ex.tcp_info) if ex.tcp_info else {})
+        if ex.outcome == "malformed":
+            raise ProtocolError(f"{sent}: {ex.error}")
+        raise PeerClosed(f"{sent}: {ex.error}", reset=ex.outcome == "reset")
+    return ex.reply
+
+
 class ControlSession:
     """One FTP control connection (RFC 959 §3): greet, send commands, read replies.
 
@@ -431,16 +444,19 @@ class ControlSession:
             finally:
                 # Counted even when the send failed half-way: some of it may have left.
                 if command.verb.upper() == "PASS":
-                    if self.tls is None:
-                        self.password_sent = True
-                    else:
-                        self.password_sent_in_tls = True
+                    self._note_password_sent()
         except (ReplyTimeout, PeerClosed, ProtocolError) as exc:
             ex = _unanswered(shown, exc, started, len(chunks))
         else:
             ex = await self.read_exchange(shown, started=started, timeout=timeout, segments=len(chunks))
         self.history.append(ex)
         return ex
+
+    def _note_password_sent(self) -> None:
+        if self.tls is None:
+            self.password_sent = True
+        else:
+            self.password_sent_in_tls = True
 
     async def read_exchange(self, sent: bytes, *, started: float, timeout: float | None = None,
                             segments: int = 1) -> Exchange:
@@ -649,25 +665,39 @@ class ControlSession:
     async def command(self, command: Command, *, timeout: float | None = None) -> Reply:
         """Send ``command`` and return its reply, raising on any failure
         (:class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`)."""
-        ex = await self.exchange(command, timeout=timeout)
-        if ex.reply is None:
-            sent = escape(ex.sent)
-            if ex.outcome == "timeout":
-                raise ReplyTimeout(f"{sent}: {ex.error}", tcp_info=asdict(ex.tcp_info) if ex.tcp_info else {})
-            if ex.outcome == "malformed":
-                raise ProtocolError(f"{sent}: {ex.error}")
-            raise PeerClosed(f"{sent}: {ex.error}", reset=ex.outcome == "reset")
-        return ex.reply
+        return _reply_of(await self.exchange(command, timeout=timeout))
 
     async def login(self, user: str, password: str) -> Reply:
-        """USER/PASS (RFC 959 §4.1.1).  Raises :class:`LoginFailed` on refusal.
+        """USER and PASS in one write, then their replies in order (RFC 959
+        §4.1.1; a server reads commands in the order sent, so the login takes
+        one round trip, not two).  Raises :class:`LoginFailed` on refusal,
+        :class:`ReplyTimeout`, :class:`PeerClosed` or :class:`ProtocolError`
+        when a reply does not come.
 
-        The password is sent as a secret :class:`Command`: it never appears
-        in evidence, history or error messages.
+        The password goes only to the server that asked for this login,
+        before it answered USER: with 331 (RFC 959: "need password") as
+        nearly every server does, or with 230/202 (logged in without one),
+        after which PASS's own reply (503, 202 or 230) is read and set aside.
+        It is sent as a secret :class:`Command`: it never appears in
+        evidence, history or error messages.
         """
-        reply = await self.command(Command("USER", user))
-        if reply.code == 331 or reply.code == 332:
-            reply = await self.command(Command("PASS", password, secret=True))
+        user_line, pass_line = Command("USER", user), Command("PASS", password, secret=True)
+        started = time.monotonic()
+        try:
+            await self.send_raw([user_line.encode() + pass_line.encode()])
+        finally:
+            self._note_password_sent()  # some of it may have left even when the send failed
+
+        async def reply_to(shown: bytes) -> Reply:
+            ex = await self.read_exchange(shown, started=started)
+            self.history.append(ex)
+            return _reply_of(ex)
+
+        reply = await reply_to(user_line.encode())
+        if reply.code in (230, 202, 331, 332):  # else USER was refused: PASS's reply is not waited for
+            after_pass = await reply_to(b"PASS ****\r\n")
+            reply = after_pass if reply.code in (331, 332) else reply
         if reply.code not in (230, 202):
             raise LoginFailed(f"login as '{user}' refused: {reply.display(120)}")
         return reply
+

@@ -188,6 +188,26 @@ def reset_mid_multiline(conn, server):
             return _reset(conn)
 
 
+def user_refused(conn, server):
+    """Refuses USER and closes at once, whatever followed it."""
+    conn.sendall(b"220 hi\r\n")
+    server.lines.append(conn.recv(4096))
+    conn.sendall(b"530 This FTP server does not allow that user.\r\n")
+
+
+def logged_in_by_user(conn, server):
+    """Logs in at USER (230, no password asked); a PASS then gets 503; NOOP 200."""
+    conn.sendall(b"220 hi\r\n")
+    while True:
+        line = _read_line(conn)
+        server.lines.append(line)
+        verb = line.split()[0].upper() if line.split() else b""
+        if not line or verb == b"QUIT":
+            return
+        conn.sendall({b"USER": b"230 welcome, no password needed\r\n", b"PASS": b"503 already logged in\r\n",
+                      b"NOOP": b"200 ok\r\n"}.get(verb, b"502 not here\r\n"))
+
+
 def silent_after_greeting(conn, server):
     """Greets, then never answers anything."""
     conn.sendall(b"220 hello\r\n")
@@ -197,7 +217,7 @@ def silent_after_greeting(conn, server):
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
     never_greets, huge_line, endless_multiline, drips, login_refused, pasv_third_party, pasv_bad_numbers,
     greets_late, pasv_port_zero, reset_after_port, half_closes, data_silent, list_1gb,
-    reset_after_pasv, reset_mid_multiline, silent_after_greeting)}
+    reset_after_pasv, reset_mid_multiline, silent_after_greeting, user_refused, logged_in_by_user)}
 
 
 def _free(host: str, port: int) -> bool:
@@ -229,6 +249,7 @@ class HostileServer:
         self.third_party = third_party
         self.connections: list[tuple[str, int]] = []
         self.data_connections = 0
+        self.lines: list[bytes] = []  # what scenarios that record it received
 
     def __enter__(self) -> "HostileServer":
         outer = self

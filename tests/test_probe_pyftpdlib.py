@@ -56,29 +56,42 @@ async def test_full_probe_reports_what_pyftpdlib_does(pyftpd):
     assert drawn(p, 40) or (p["errors"] == 1 and p["samples"] >= 40 - SAMPLES_PER_SESSION), p
 
 
-async def test_max_sessions_is_honoured_exactly(pyftpd):
-    """A server whose per-address limit equals --max-sessions never refuses
-    one of our sessions: the preflight session counts, and is reused."""
+async def test_max_sessions_is_honoured_exactly(pyftpd, monkeypatch):
+    """Never more than --max-sessions control sessions of ours open at once
+    (counted from their connect until their close completed): the preflight
+    session counts, and is reused.  A server whose per-address limit is the
+    same serves every probe."""
+    from ftpprobe.transport import ControlSession
+
     server = pyftpd(passive_ports=(52100, 52119))
-    server._server.max_cons_per_ip = 3  # pyftpdlib counts control connections per address here
-    peak = 0
+    server._server.max_cons_per_ip = 3
+    open_now, peak = 0, 0
+    real_open, real_close = ControlSession.open.__func__, ControlSession.aclose
 
-    async def watch() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, sum(1 for ip in list(server._server.ip_map) if ip == "127.0.0.1"))
-            await trio.sleep(0.002)
+    async def counted_open(cls, *args, **kw):
+        nonlocal open_now, peak
+        s = await real_open(cls, *args, **kw)
+        open_now += 1
+        peak = max(peak, open_now)
+        return s
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
-        report = await run_probes(target_of(server), timeout=1.5, samples=12, max_sessions=3)
-        nursery.cancel_scope.cancel()
+    async def counted_close(self):
+        nonlocal open_now
+        was_open = not self.closed
+        await real_close(self)
+        open_now -= was_open
+
+    monkeypatch.setattr(ControlSession, "open", classmethod(counted_open))
+    monkeypatch.setattr(ControlSession, "aclose", counted_close)
+    report = await run_probes(target_of(server), timeout=1.5, samples=12, max_sessions=3)
     assert report.error == ""
-    assert report.refusals == []
+    # pyftpdlib's own count lags now and then (a session kept after QUIT while a data
+    # connection is pending): a 421 is then backed off and retried, never a failed probe.
+    assert not [o for o in report.observations.values() if isinstance(o, Failed)]
     f = {x.id: x for x in report.findings}
     assert f["server.connection-limit"].status == "absent"
     assert f["server.connection-limit"].evidence[0].startswith("3 of 3 concurrent sessions")
-    assert 1 <= peak <= 3
+    assert peak == 3 and open_now == 0
 
 
 async def test_probes_run_concurrently_not_in_sequence(pyftpd):
@@ -92,8 +105,11 @@ async def test_probes_run_concurrently_not_in_sequence(pyftpd):
     durations = [o.elapsed for o in report.observations.values()]
     held = [report.observations[name] for name in ("pasv-lf", "pasv-space-lf", "pasv-cr")]
     assert all(o.nudge is not None and o.nudge.outcome == "reply" and o.elapsed < 1.5 for o in held), held
-    assert elapsed < max(durations) + 1.0   # the run takes about as long as its slowest probe
-    assert elapsed < sum(durations) / 2
+    slowest = max(durations)
+    assert elapsed < slowest + 1.0   # the run takes about as long as its slowest probe
+    # In sequence the run would take the sum of its probes; here the others add
+    # less than half their time to the slowest one's (however long that was).
+    assert elapsed < slowest + (sum(durations) - slowest) / 2
 
 
 async def test_masquerade_address_is_reported_as_mismatch_and_not_followed(pyftpd):
