@@ -180,6 +180,13 @@ class ProbeContext:
         await spare.aclose()
         self._release(token)
 
+    async def trim_spares(self) -> None:
+        """Close spare sessions while they hold more slots than the limiter
+        now has (after the session limit was settled lower than the
+        sessions the session-limit probe left open)."""
+        while self._spares and self.limiter.borrowed_tokens > self.limiter.total_tokens:
+            await self._close_spare(*self._spares.pop())
+
     async def _close_idle_spare(self, *, only_if_full: bool = True) -> None:
         """Close one spare session (``only_if_full``: only when no limiter
         slot is free, i.e. spares may hold every slot: a probe that cannot

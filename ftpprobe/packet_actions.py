@@ -62,9 +62,12 @@ async def _preconditions(ctx: ProbeContext, probe: Probe, port: int) -> tuple[st
 
 def _prepare_capture() -> None:
     """Load scapy ahead of a capture (the runner's :data:`~ftpprobe.executors.PREPARE`),
-    only where a capture can run at all."""
-    if permission_problem() is None:
-        warm_up()
+    only where a capture can run at all.  Never raises."""
+    try:
+        if permission_problem() is None:
+            warm_up()
+    except Exception:  # noqa: BLE001 -- the capture itself says what is wrong when it starts
+        pass
 
 
 @action("reset-capture", starts_first=True, prepare=_prepare_capture)

@@ -122,7 +122,8 @@ def _settle_limit(ctx: ProbeContext, obs: Observation | None, *, auto: bool) -> 
     timeout or reset does not: it may be the path, not the server's count.
     ``auto`` (no ``--max-sessions``): :data:`DEFAULT_SESSIONS`, or one fewer
     than the sessions the server took at once when it took all that were
-    tried (at most :data:`AUTO_SESSIONS`); with a limit shown, what it allows.
+    tried (at most :data:`AUTO_SESSIONS`); with a limit shown, what it
+    allows; never more than a 421 back-off during the preflight left.
     """
     limiter = ctx.limiter
     if isinstance(obs, SessionLimitObs) and obs.refusal in ("421", "too-many") and obs.accepted:
@@ -131,8 +132,8 @@ def _settle_limit(ctx: ProbeContext, obs: Observation | None, *, auto: bool) -> 
     elif auto:
         took_all = (isinstance(obs, SessionLimitObs) and obs.refusal is None and obs.tried
                     and obs.accepted >= obs.tried)
-        limiter.total_tokens = max(DEFAULT_SESSIONS, min(limiter.total_tokens, obs.accepted - 1)) \
-            if took_all else DEFAULT_SESSIONS
+        wanted = max(DEFAULT_SESSIONS, obs.accepted - 1) if took_all else DEFAULT_SESSIONS
+        limiter.total_tokens = min(limiter.total_tokens, wanted)  # never undoes a 421 back-off
 
 
 def passive_map(observations: Mapping[str, Observation]) -> PassiveMap | None:
@@ -208,6 +209,7 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                 if probe.action == "session-limit":
                     limit_seen = observations[probe.name]
             _settle_limit(ctx, limit_seen, auto=auto)
+            await ctx.trim_spares()
 
             phase = "probes"
             rest = [p for p in probes if not p.exclusive]

@@ -67,19 +67,21 @@ def client_context(*, verify: bool = True, version: str | None = None) -> ssl.SS
     machine's OpenSSL cannot offer ``version``.
     """
     store = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if verify else None
-    return _client_context(verify, version, store)
+    return _client_context(verify, version, store, os.environ.get("SSLKEYLOGFILE") or None)
 
 
 @functools.lru_cache(maxsize=None)
-def _client_context(verify: bool, version: str | None, store: tuple[str | None, str | None] | None
-                    ) -> ssl.SSLContext:
-    """:func:`client_context`, made once per ``(verify, version, store)``."""
+def _client_context(verify: bool, version: str | None, store: tuple[str | None, str | None] | None,
+                    keylog: str | None) -> ssl.SSLContext:
+    """:func:`client_context`, made once per ``(verify, version, store, keylog)``."""
     if verify:
-        context = ssl.create_default_context()
+        context = ssl.create_default_context()  # also honours SSLKEYLOGFILE
     else:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+        if keylog:  # as create_default_context does: session keys for decrypting a --pcap capture
+            context.keylog_filename = keylog
     if version is not None:
         wanted = VERSIONS[version]
         if wanted < ssl.TLSVersion.TLSv1_2:

@@ -668,35 +668,19 @@ class ControlSession:
         return _reply_of(await self.exchange(command, timeout=timeout))
 
     async def login(self, user: str, password: str) -> Reply:
-        """USER and PASS in one write, then their replies in order (RFC 959
-        §4.1.1; a server reads commands in the order sent, so the login takes
-        one round trip, not two).  Raises :class:`LoginFailed` on refusal,
-        :class:`ReplyTimeout`, :class:`PeerClosed` or :class:`ProtocolError`
-        when a reply does not come.
+        """USER, then PASS only when the server asks for it (331/332; RFC 959
+        §4.1.1).  Raises :class:`LoginFailed` on refusal.
 
-        The password goes only to the server that asked for this login,
-        before it answered USER: with 331 (RFC 959: "need password") as
-        nearly every server does, or with 230/202 (logged in without one),
-        after which PASS's own reply (503, 202 or 230) is read and set aside.
-        It is sent as a secret :class:`Command`: it never appears in
-        evidence, history or error messages.
+        Never pipelined: a strict FTP inspection (a firewall that allows a
+        command only after the previous one was answered) closes a session
+        that sends PASS before its 331, and a password sent ahead would reach
+        a server that refused the user.  The password is sent as a secret
+        :class:`Command`: it never appears in evidence, history or error
+        messages.
         """
-        user_line, pass_line = Command("USER", user), Command("PASS", password, secret=True)
-        started = time.monotonic()
-        try:
-            await self.send_raw([user_line.encode() + pass_line.encode()])
-        finally:
-            self._note_password_sent()  # some of it may have left even when the send failed
-
-        async def reply_to(shown: bytes) -> Reply:
-            ex = await self.read_exchange(shown, started=started)
-            self.history.append(ex)
-            return _reply_of(ex)
-
-        reply = await reply_to(user_line.encode())
-        if reply.code in (230, 202, 331, 332):  # else USER was refused: PASS's reply is not waited for
-            after_pass = await reply_to(b"PASS ****\r\n")
-            reply = after_pass if reply.code in (331, 332) else reply
+        reply = await self.command(Command("USER", user))
+        if reply.code == 331 or reply.code == 332:
+            reply = await self.command(Command("PASS", password, secret=True))
         if reply.code not in (230, 202):
             raise LoginFailed(f"login as '{user}' refused: {reply.display(120)}")
         return reply

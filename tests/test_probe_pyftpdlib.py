@@ -334,6 +334,20 @@ def test_settle_limit_decision_table():
                 Failed("session-limit", error="x", kind="timeout")):
         assert _settled(obs, auto=True, start=auto) == DEFAULT_SESSIONS
         assert _settled(obs, auto=False, start=3) == 3
+    # a 421 back-off during the preflight is never undone
+    assert _settled(None, auto=True, start=2) == 2
+    assert _settled(seen(auto), auto=True, start=5) == 5
+
+
+async def test_default_sessions_with_only_probes_that_need_a_slot_of_their_own(pyftpd):
+    """The session-limit probe leaves 8 logged-in spares and the limit is then
+    7: a probe that cannot use a spare (AUTH TLS before any login) still gets
+    a slot at once, not at the deadline."""
+    server = pyftpd(passive_ports=(52440, 52449))
+    probes = [p for p in load_catalog(vantage="server") if p.name in ("session-limit", "auth-tls", "tls-versions")]
+    started = time.monotonic()
+    report = await run_probes(target_of(server), probes=probes, timeout=1.5, deadline=10)
+    assert report.error == "" and time.monotonic() - started < 5
 
 
 async def _run_watching_sessions(server) -> tuple:
