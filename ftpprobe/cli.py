@@ -200,9 +200,9 @@ def common_options(fn):
                       help="Seconds for the whole run; probes still running then are reported as failed.")(fn)
     fn = click.option("--max-sessions", type=click.IntRange(1, 64), default=None,
                       help="Concurrent control sessions at most, lowered to what the server allows. "
-                           f"Default: {DEFAULT_SESSIONS}, or {AUTO_SESSIONS - 1} when the session-limit probe held "
-                           f"{AUTO_SESSIONS} at once without a refusal. Each probe gets a fresh session, so more "
-                           "sessions finish a run sooner.")(fn)
+                           f"Default: {DEFAULT_SESSIONS}; {AUTO_SESSIONS - 1} after a session-limit probe (part of "
+                           f"'probe') held {AUTO_SESSIONS} at once without a refusal. Each probe gets a fresh "
+                           "session, so more sessions finish a run sooner.")(fn)
     fn = click.option("--trust-pasv-address", is_flag=True,
                       help="Open passive data connections to the address named in 227 replies instead of "
                            "the control peer's (off by default: a hostile server cannot aim the prober elsewhere).")(fn)
