@@ -172,19 +172,6 @@ def _unanswered(sent: bytes, exc: ReplyTimeout | PeerClosed | ProtocolError, sta
                     elapsed=round(time.monotonic() - started, 3), tcp_info=tcp_info, error=str(exc))
 
 
-def _reply_of(ex: Exchange) -> Reply:
-    """The reply of ``ex``; raises :class:`ReplyTimeout`, :class:`PeerClosed`
-    or :class:`ProtocolError` when it got none."""
-    if ex.reply is None:
-        sent = escape(ex.sent)
-        if ex.outcome == "timeout":
-            raise ReplyTimeout(f"{sent}: {ex.error}", tcp_info=asdict(ex.tcp_info) if ex.tcp_info else {})
-        if ex.outcome == "malformed":
-            raise ProtocolError(f"{sent}: {ex.error}")
-        raise PeerClosed(f"{sent}: {ex.error}", reset=ex.outcome == "reset")
-    return ex.reply
-
-
 class ControlSession:
     """One FTP control connection (RFC 959 §3): greet, send commands, read replies.
 
@@ -444,19 +431,16 @@ class ControlSession:
             finally:
                 # Counted even when the send failed half-way: some of it may have left.
                 if command.verb.upper() == "PASS":
-                    self._note_password_sent()
+                    if self.tls is None:
+                        self.password_sent = True
+                    else:
+                        self.password_sent_in_tls = True
         except (ReplyTimeout, PeerClosed, ProtocolError) as exc:
             ex = _unanswered(shown, exc, started, len(chunks))
         else:
             ex = await self.read_exchange(shown, started=started, timeout=timeout, segments=len(chunks))
         self.history.append(ex)
         return ex
-
-    def _note_password_sent(self) -> None:
-        if self.tls is None:
-            self.password_sent = True
-        else:
-            self.password_sent_in_tls = True
 
     async def read_exchange(self, sent: bytes, *, started: float, timeout: float | None = None,
                             segments: int = 1) -> Exchange:
@@ -665,7 +649,15 @@ class ControlSession:
     async def command(self, command: Command, *, timeout: float | None = None) -> Reply:
         """Send ``command`` and return its reply, raising on any failure
         (:class:`ReplyTimeout`, :class:`PeerClosed`, :class:`ProtocolError`)."""
-        return _reply_of(await self.exchange(command, timeout=timeout))
+        ex = await self.exchange(command, timeout=timeout)
+        if ex.reply is None:
+            sent = escape(ex.sent)
+            if ex.outcome == "timeout":
+                raise ReplyTimeout(f"{sent}: {ex.error}", tcp_info=asdict(ex.tcp_info) if ex.tcp_info else {})
+            if ex.outcome == "malformed":
+                raise ProtocolError(f"{sent}: {ex.error}")
+            raise PeerClosed(f"{sent}: {ex.error}", reset=ex.outcome == "reset")
+        return ex.reply
 
     async def login(self, user: str, password: str) -> Reply:
         """USER, then PASS only when the server asks for it (331/332; RFC 959
@@ -684,4 +676,3 @@ class ControlSession:
         if reply.code not in (230, 202):
             raise LoginFailed(f"login as '{user}' refused: {reply.display(120)}")
         return reply
-
