@@ -350,16 +350,13 @@ class ProbeContext:
             self.password_sent_in_clear |= s.password_sent
             self.password_sent_in_tls |= s.password_sent_in_tls
 
-    _tls_context: object = field(default=None, repr=False)
-
     def _context(self):
-        """The run's TLS client context (one, so data connections can resume
-        its sessions): the certificate checked unless the target says not."""
-        if self._tls_context is None:
-            from .tls import client_context
+        """The run's TLS client context (one: :func:`~ftpprobe.tls.client_context`
+        makes it once per process, so data connections can resume its
+        sessions): the certificate checked unless the target says not."""
+        from .tls import client_context
 
-            self._tls_context = client_context(verify=self.target.tls_verify)
-        return self._tls_context
+        return client_context(verify=self.target.tls_verify)
 
 
 Action = Callable[[ProbeContext, Probe], Awaitable[Observation]]
