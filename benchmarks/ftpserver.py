@@ -6,12 +6,12 @@ MODEL: ``threaded`` (a thread per session: the map and probe cases) or
 ``async`` (pyftpdlib's one-thread event loop: the fleet case, where a
 thousand threads would cost the server more CPU than the sessions do).
 
-pyftpdlib's event loop now and then never reads a session's next command:
-in the probe case about one run in three had a session whose line the delay
-proxy had delivered (its log shows the write) and the server never logged,
-so the client waited out its 5 s timeout.  With a thread per session this
-was not seen in ten runs; the fleet case (one short session per site) keeps
-the event loop, and a stall there would show as a site taking 5 s more.
+pyftpdlib's own handler now and then leaves a session's commands unread:
+its PORT connector, closed again at QUIT, unregisters an fd number that
+another session may have taken since.  That matches the stalls once seen
+here with the event loop (a line delivered, never read, a 5 s timeout).
+:func:`ftpprobe.demo.handler_class` fixes it; the map and probe cases keep
+a thread per session all the same.
 
 pyftpdlib copies its whole passive range into a list for every PASV (about
 0.5 ms for 55,536 ports, 6 ms per checked site): :class:`UniformPorts` hands
@@ -27,9 +27,9 @@ import sys
 import tempfile
 
 from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
+from ftpprobe.demo import handler_class
 
 
 class UniformPorts:
@@ -62,8 +62,9 @@ with open(os.path.join(home, "welcome.txt"), "w") as f:
     f.write("served by the ftpprobe benchmark\n")
 authorizer = DummyAuthorizer()
 authorizer.add_anonymous(home, perm="elr")
-handler = type("BenchHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "benchmark server ready.",
-                                                "passive_ports": UniformPorts(low, high), "timeout": 120})
+handler = handler_class("BenchHandler")
+handler.authorizer, handler.banner, handler.timeout = authorizer, "benchmark server ready.", 120
+handler.passive_ports = UniformPorts(low, high)
 server = (ThreadedFTPServer if model == "threaded" else FTPServer)((host, port), handler, backlog=4096)
 server.max_cons = 0
 server.max_cons_per_ip = 0

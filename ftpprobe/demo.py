@@ -16,6 +16,29 @@ import threading
 from dataclasses import dataclass, field
 
 
+def handler_class(name: str) -> type:
+    """A subclass of pyftpdlib's ``FTPHandler`` named ``name``, with a fix for
+    pyftpdlib's active-mode file descriptor bug.
+
+    pyftpdlib's ``ActiveDTP`` (the connector behind PORT/EPRT) hands its
+    connected socket to the data channel but remembers the fd number.  When
+    the session later ends (QUIT), it is closed again and unregisters that
+    number from the I/O loop, by then perhaps another session's control
+    connection, which then never gets an answer (pyftpdlib pull request
+    #657, open).  Here the connector unregisters a number only while the
+    loop still maps it to the connector itself.  Imports pyftpdlib
+    (ImportError if missing).
+    """
+    from pyftpdlib.handlers import FTPHandler
+
+    class SafeActiveDTP(FTPHandler.active_dtp):
+        def del_channel(self, map=None):
+            if self.ioloop.socket_map.get(self._fileno) is self:
+                super().del_channel(map)
+
+    return type(name, (FTPHandler,), {"active_dtp": SafeActiveDTP})
+
+
 @dataclass
 class PyftpdlibServer:
     """A pyftpdlib FTP server on ``host`` (port chosen by the kernel).
@@ -39,7 +62,6 @@ class PyftpdlibServer:
 
     def __enter__(self) -> "PyftpdlibServer":
         from pyftpdlib.authorizers import DummyAuthorizer
-        from pyftpdlib.handlers import FTPHandler
         from pyftpdlib.ioloop import IOLoop
         from pyftpdlib.servers import FTPServer
 
@@ -57,7 +79,7 @@ class PyftpdlibServer:
         authorizer.add_user(self.user, self.password, self._home.name, perm="elr")
         if self.anonymous:
             authorizer.add_anonymous(self._home.name, perm="elr")
-        handler = type("DemoHandler", (FTPHandler,), {})
+        handler = handler_class("DemoHandler")
         handler.authorizer = authorizer
         handler.banner = "ftpprobe demo server (pyftpdlib) ready."
         if self.passive_ports:

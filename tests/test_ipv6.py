@@ -25,7 +25,7 @@ def test_probe_over_ipv6_uses_epsv_and_eprt_and_gives_a_verdict(pyftpd):
     server = pyftpd(host="::1", passive_ports=(57000, 57009))
     code, report = run_json("probe", "--timeout", "1.5", "--samples", "10", f"ftp://[::1]:{server.port}/")
     assert report["error"] == "" and report["peer"] == "::1"
-    assert report["passive"]["commands"] == {"EPSV": 10}
+    assert set(report["passive"]["commands"]) == {"EPSV"} and drawn(report["passive"], 10)
     assert report["verdict"]["passive"]["state"] == "works"
     assert report["verdict"]["active"]["state"] == "works"   # EPRT |2| to our own ::1 listener
     f = {x["id"]: x for x in report["findings"]}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import time
 
 import trio
@@ -189,6 +190,45 @@ def test_demo_runs_and_prints_a_report():
     assert max(len(line) for line in lines) <= 80  # fits an ordinary terminal
     router = done.stdout[done.stdout.index("Through an emulated router"):]
     assert "alg.stall.space-lf" in router and "PRESENT (warning)" in router
+
+
+def test_demo_server_answers_a_new_session_after_another_quits_an_active_transfer(pyftpd):
+    # pyftpdlib's own ActiveDTP, closed again at QUIT, unregisters the fd number of its
+    # finished data connection; a session that got that number since is never answered.
+    server = pyftpd()
+
+    def reply(f) -> str:
+        while (line := f.readline())[3:4] == "-":
+            pass
+        return line
+
+    def command(s, f, line: str) -> str:
+        s.sendall(line.encode() + b"\r\n")
+        return reply(f)
+
+    with socket.create_connection((server.host, server.port), timeout=3) as a, \
+            socket.socket() as b, socket.socket() as listener:
+        af = a.makefile("r", newline="\r\n")
+        reply(af)
+        # b is made now so that, connected later, only the server takes a new fd number
+        b.settimeout(3)
+        assert command(a, af, "USER anonymous").startswith("331") and command(a, af, "PASS x").startswith("230")
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        assert command(a, af, f"PORT 127,0,0,1,{port >> 8},{port & 255}").startswith("200")
+        data, _ = listener.accept()
+        with data:
+            assert command(a, af, "LIST").startswith("125")
+            while data.recv(4096):
+                pass
+        assert reply(af).startswith("226")  # the server has closed its end: its fd number is free
+        time.sleep(0.1)
+        b.connect((server.host, server.port))
+        bf = b.makefile("r", newline="\r\n")
+        assert reply(bf).startswith("220")
+        assert command(a, af, "QUIT").startswith("221")
+        assert command(b, bf, "USER anonymous").startswith("331")  # socket.timeout if unanswered
 
 
 async def test_split_command_is_sent_in_two_segments_and_reassembled(pyftpd):
