@@ -279,6 +279,7 @@ class ProbeContext:
                 self._release(token)
                 raise
             break
+        s.evidence_from = len(s.history)  # the earlier probes' exchanges are not this one's evidence
         try:
             yield s
         finally:
@@ -393,8 +394,11 @@ def action(name: str, *, starts_first: bool = False,
 
 
 def _evidence_exchanges(session: ControlSession) -> tuple[Exchange, ...]:
-    """The session's exchanges without the login (USER/PASS)."""
-    return tuple(ex for ex in session.history if not ex.sent.startswith((b"USER ", b"PASS ")))
+    """The current probe's exchanges of the session (from
+    :attr:`~ftpprobe.transport.ControlSession.evidence_from`), without the
+    login (USER/PASS)."""
+    return tuple(ex for ex in session.history[session.evidence_from:]
+                 if not ex.sent.startswith((b"USER ", b"PASS ")))
 
 
 def _transient(ex: Exchange) -> bool:

@@ -205,6 +205,9 @@ class ControlSession:
         self.timeout = timeout
         self.reader = ReplyReader()
         self.history: list[Exchange] = []
+        #: Where in :attr:`history` the current probe's exchanges start: a
+        #: session handed from probe to probe (``check``) moves it on.
+        self.evidence_from = 0
         self.greeting: Reply | None = None
         self.password_sent = False
         self._eof = False

@@ -342,6 +342,20 @@ async def test_idle_sessions_never_starve_a_probe_that_cannot_use_them(pyftpd):
         assert not any(isinstance(o, Failed) for o in report.observations.values()), report.observations
 
 
+async def test_a_session_handed_from_probe_to_probe_gives_each_only_its_own_exchanges(pyftpd):
+    # check's reuse mode: one session, the probes in turn; each observation's evidence is its own.
+    catalog = {p.name: p for p in load_catalog(vantage="server")}
+    names = ("pasv-crlf", "pasv-lowercase", "epsv")
+    server = pyftpd(passive_ports=(52340, 52349))
+    report = await run_probes(target_of(server), probes=[catalog[n] for n in names], timeout=1.5,
+                              max_sessions=1, reuse_sessions=True, deadline=10)
+    assert report.error == ""
+    own = {"pasv-crlf": b"PASV\r\n", "pasv-lowercase": b"pasv\r\n", "epsv": b"EPSV\r\n"}
+    for name in names:
+        sent = [ex.sent for ex in report.observations[name].exchanges]
+        assert sent[0] == own[name] and set(sent[1:]) <= {b"NOOP\r\n"}, (name, sent)
+
+
 # -- how many sessions a run without --max-sessions uses (runner._settle_limit) ------------
 
 def _settled(obs, *, auto: bool, start: int) -> int:
