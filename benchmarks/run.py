@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from tabulate import tabulate
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SERVER, PORT, FLEET_PORT, LOW, HIGH = "127.0.0.77", 2121, 2122, 10000, 65535
@@ -208,8 +210,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
-            f"RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
+    return (f"{cpu}, {os.cpu_count()} cores,\n         Linux {platform.release()}, Python "
+            f"{platform.python_version()}, RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
 
 
 def main() -> None:
@@ -240,48 +242,50 @@ def main() -> None:
     finally:
         for p in procs:
             p.terminate()
+    print_table(r, args)
+
+
+def print_table(r: dict, args: argparse.Namespace) -> None:
+    """Print the results ``r`` (by case) as one table that fits 80 columns."""
     print(f"machine: {machine()}")
-    print(f"path: {args.rtt_ms:g} ms round trip (nftables redirect + delaying proxy), pyftpdlib, passive range "
-          f"{LOW}-{HIGH}")
+    print(f"path: {args.rtt_ms:g} ms round trip (nftables redirect + delaying proxy) to pyftpdlib,\n"
+          f"      passive range {LOW}-{HIGH}")
     print(json.dumps(r, indent=1), file=sys.stderr) if os.environ.get("BENCH_VERBOSE") else None
     rows = []
     if "ftplib" in r:
         f = r["ftplib"]
-        rows.append(("ftplib loop: PASV + data connect", f"{f['samples']} samples in {f['wall']:.2f} s",
-                     f"{f['rate']:.0f} samples/s", "1.0x"))
+        rows.append(("ftplib loop: PASV + data connect", f"{f['samples']} samples in {f['wall']:.2f} s "
+                     f"({f['rate']:.0f}/s)", "1.0x"))
     if "map" in r:
         m = r["map"]
         ratio = f"{m['rate'] / r['ftplib']['rate']:.1f}x ftplib" if "ftplib" in r else ""
         rows.append((f"map-pasv --samples {args.samples} --max-sessions {args.sessions}",
-                     f"{m['samples']} samples in {m['wall']:.2f} s", f"{m['rate']:.0f} samples/s", ratio))
-        rows.append(("  bound error (observed ends vs 10000-65535)",
-                     f"observed {m['observed'][0]}-{m['observed'][1]}", f"{m['bound_error'] * 100:.2f}% of range",
+                     f"{m['samples']} samples in {m['wall']:.2f} s ({m['rate']:.0f}/s)", ratio))
+        rows.append(("- bound error: observed ends vs 10000-65535",
+                     f"observed {m['observed'][0]}-{m['observed'][1]}: {m['bound_error'] * 100:.2f}% of range missed",
                      f"{m['tried']} ports connected, {m['pipelined']} pipelined"))
         # n uniform draws leave gaps at the two ends of 2/(n+1) of the range on average.
-        rows.append(("  expected for uniform draws: 2/(n+1)", "", f"{200 / (m['samples'] + 1):.2f}% of range", ""))
+        rows.append(("- expected for uniform draws: 2/(n+1)", f"{200 / (m['samples'] + 1):.2f}% of range", ""))
     if "probe" in r:
         p = r["probe"]
-        rows.append(("probe (full catalog, --timeout 5)", f"{p['wall']:.2f} s",
-                     f"slowest in the run {p['slowest']} {p['slowest_s']:.2f} s",
-                     f"{p['wall'] / p['slowest_s']:.2f}x slowest"))
-        rows.append(("  the slowest probe run alone", "", f"{p['slowest_alone']} {p['slowest_alone_s']:.2f} s",
+        rows.append(("probe (full catalog, --timeout 5)", f"{p['wall']:.2f} s; slowest in the run: "
+                     f"{p['slowest']} {p['slowest_s']:.2f} s", f"{p['wall'] / p['slowest_s']:.2f}x slowest"))
+        rows.append(("- the slowest probe run alone", f"{p['slowest_alone']} {p['slowest_alone_s']:.2f} s",
                      f"{p['wall'] / p['slowest_alone_s']:.2f}x"))
     if "fleet" in r:
         fl, one = r["fleet"], r["fleet1"]
-        rows.append((f"check, {fl['sites']} sites", f"{fl['wall']:.2f} s ({fl['down']} down)",
-                     f"{fl['cpu_per_site_ms']:.2f} ms CPU/site", f"{fl['rss_per_site_kb']:.0f} KB/site"))
-        rows.append(("  ftpprobe's CPU: user + system", "", f"{fl['user_per_site_ms']:.2f} + "
-                     f"{fl['sys_per_site_ms']:.2f} ms/site", f"{fl['cpu_per_site_ms'] * fl['sites'] / 1000:.2f} s "
-                     f"for {fl['sites']} sites"))
         n = fl["sites"]
-        rows.append(("  server and proxy CPU (same cores)", f"server {fl['server_cpu'] * 1000 / n:.2f} ms/site",
-                     f"proxy {fl['proxy_cpu'] * 1000 / n:.2f} ms/site",
-                     f"server alone {fl['server_cpu']:.2f} s (one thread)"))
-        rows.append(("check, 1 site", f"{one['wall']:.2f} s", f"{one['cpu_per_site_ms']:.1f} ms CPU",
-                     f"{fl['wall'] / one['wall']:.1f}x for {fl['sites']}x the sites"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        rows.append((f"check, {n} sites", f"{fl['wall']:.2f} s ({fl['down']} down); "
+                     f"{fl['cpu_per_site_ms']:.2f} ms CPU/site", f"{fl['rss_per_site_kb']:.0f} KB/site"))
+        rows.append(("- ftpprobe's CPU: user + system", f"{fl['user_per_site_ms']:.2f} + {fl['sys_per_site_ms']:.2f} "
+                     f"ms/site", f"{fl['cpu_per_site_ms'] * n / 1000:.2f} s for {n} sites"))
+        rows.append(("- server and proxy CPU (same cores)", f"server {fl['server_cpu'] * 1000 / n:.2f}, proxy "
+                     f"{fl['proxy_cpu'] * 1000 / n:.2f} ms/site", f"server alone {fl['server_cpu']:.2f} s (one thread)"))
+        rows.append(("check, 1 site", f"{one['wall']:.2f} s, {one['cpu_per_site_ms']:.1f} ms CPU",
+                     f"{fl['wall'] / one['wall']:.1f}x for {n}x the sites"))
+    # Fits an 80-column terminal: 26 + 28 + 22 and two 2-space gaps; a row
+    # starting with '- ' belongs to the one above.
+    print(tabulate(rows, headers=("case", "result", "compared"), tablefmt="simple", maxcolwidths=[26, 28, 22]))
     if "fleet" in r and r["fleet"]["down"]:
         print(f"first fleet error: {r['fleet']['first_error']}")
     if "probe" in r and r["probe"]["error"]:
