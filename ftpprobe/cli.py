@@ -25,6 +25,7 @@ import trio
 from . import __version__
 from .catalog import load_catalog
 from .errors import FtpProbeError
+from .executors import PIPELINE
 from .exporter import exporter_command
 from .findings import EXIT_PROBE_FAILED
 from .monitoring import THRESHOLD
@@ -263,7 +264,8 @@ def pcap_option(fn):
 
 
 def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address, as_json, no_netrc,
-         verbose=False, from_lan=False, pcap=None, tls=False, insecure_tls=False, cert_warn_days=14):
+         verbose=False, from_lan=False, pcap=None, tls=False, insecure_tls=False, cert_warn_days=14,
+         pipeline=PIPELINE):
     """Probe ``url`` and exit with the report's code (an FtpProbeError is left
     to FtpProbeGroup: one line, exit 3)."""
     target = parse_target(url, use_netrc=not no_netrc, tls=tls, insecure_tls=insecure_tls)
@@ -273,7 +275,7 @@ def _run(url, only, timeout, deadline, samples, max_sessions, trust_pasv_address
         with _pcap(pcap, target):
             report = trio.run(lambda: run_probes(
                 target, probes=probes, timeout=timeout, deadline=deadline, samples=samples,
-                max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=progress,
+                pipeline=pipeline, max_sessions=max_sessions, trust_pasv_address=trust_pasv_address, progress=progress,
                 from_lan=from_lan, cert_warn_days=cert_warn_days))
     finally:
         progress.close()
@@ -301,6 +303,14 @@ def tls_options(fn):
     return cert_warn_days_option(insecure_tls_option(fn))
 
 
+def pipeline_option(fn):
+    return click.option("--pipeline", type=click.IntRange(1, 16), default=PIPELINE, show_default=True,
+                        help="PASV/EPSV sent in one write while mapping the passive range. A server keeps only "
+                             "the last of them open, so only that port is tried with a data connection: 1 tries "
+                             "every sampled port (one round trip per sample), for 'is the whole range "
+                             "forwarded?'.")(fn)
+
+
 def from_lan_option(fn):
     return click.option("--from-lan", is_flag=True,
                         help="You are inside the site's LAN and the URL names its public address: decide "
@@ -310,7 +320,8 @@ def from_lan_option(fn):
 @main.command(epilog=EPILOG_PROBE)
 @click.argument("url", metavar="ftp://[USER[:PASSWORD]@]HOST[:PORT]/")
 @click.option("--samples", type=click.IntRange(0, 100000), default=20, show_default=True,
-              help="Passive replies (PASV/EPSV) to sample for the range map; each is tried with a data connection.")
+              help="Passive replies (PASV/EPSV) to sample for the range map.")
+@pipeline_option
 @click.option("--only", metavar="NAMES", help="Comma-separated probe names to run (default: all).")
 @from_lan_option
 @pcap_option
@@ -331,6 +342,7 @@ def probe(url, samples, only, **options):
 @click.argument("url", metavar="ftp://[USER[:PASSWORD]@]HOST[:PORT]/")
 @click.option("--samples", type=click.IntRange(1, 100000), default=60, show_default=True,
               help="Passive replies to sample.")
+@pipeline_option
 @from_lan_option
 @pcap_option
 @tls_options
@@ -338,10 +350,12 @@ def probe(url, samples, only, **options):
 def map_pasv(url, samples, **options):
     """Map a server's passive port range.
 
-    Issues repeated PASV/EPSV across several control sessions at once, tries
-    each advertised port with a real data connection, and estimates the true
-    range (minimum-variance unbiased estimator for a uniform range), the
-    allocation pattern and which ports are unreachable.
+    Issues repeated PASV/EPSV across several control sessions at once, several
+    in one write (--pipeline), tries the last advertised port of each write
+    with a real data connection, and estimates the true range
+    (minimum-variance unbiased estimator for a uniform range), the allocation
+    pattern and which ports are unreachable. To ask whether every port of
+    the range is forwarded, --pipeline 1 tries every sampled port.
     """
     _run(url, "pasv-map", samples=samples, **options)
 

@@ -83,6 +83,12 @@ def failed(probe: str, exc: FtpProbeError) -> Failed:
     return Failed(probe, error=str(exc), kind=failure_kind(exc))
 
 
+#: PASV/EPSV sent in one write by ``pasv-map`` unless told otherwise
+#: (:attr:`ProbeContext.pipeline`): each reply an independent port draw; only
+#: the last port stays open, so only it is connected to.
+PIPELINE = 6
+
+
 @dataclass
 class ProbeContext:
     """Everything executors share for one run against one target.
@@ -94,12 +100,15 @@ class ProbeContext:
     instead of the control peer's; ``password_sent_in_clear``: a session of
     this run has written PASS (never over TLS: ftpprobe speaks none);
     ``pasv_samples``: the ``pasv-map`` samples so far (appended to as they
-    arrive, so a run cut short by its deadline still knows them).
+    arrive, so a run cut short by its deadline still knows them);
+    ``pipeline``: PASV/EPSV per write in ``pasv-map`` (1: every sampled port
+    is tried with a data connection, one round trip per sample).
     """
 
     target: Target
     timeout: float = 5.0
     samples: int = 20
+    pipeline: int = PIPELINE
     max_sessions: int = 4
     trust_pasv_address: bool = False
     limiter: trio.CapacityLimiter = field(default=None)  # type: ignore[assignment]
@@ -181,11 +190,16 @@ class ProbeContext:
         self._release(token)
 
     async def trim_spares(self) -> None:
-        """Close spare sessions while they hold more slots than the limiter
-        now has (after the session limit was settled lower than the
-        sessions the session-limit probe left open)."""
-        while self._spares and self.limiter.borrowed_tokens > self.limiter.total_tokens:
-            await self._close_spare(*self._spares.pop())
+        """Close the spare sessions that hold more slots than the limiter now
+        has (after the session limit was settled lower than the sessions the
+        session-limit probe left open), all at once.  The excess is taken at
+        the call, so probes may start on the other spares meanwhile: until
+        these are closed, no probe opens a session of its own."""
+        excess = int(self.limiter.borrowed_tokens - self.limiter.total_tokens)
+        doomed = [self._spares.pop() for _ in range(min(max(excess, 0), len(self._spares)))]
+        async with trio.open_nursery() as nursery:
+            for spare, token in doomed:
+                nursery.start_soon(self._close_spare, spare, token)
 
     async def _close_idle_spare(self, *, only_if_full: bool = True) -> None:
         """Close one spare session (``only_if_full``: only when no limiter
@@ -788,9 +802,6 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
                            refusal_text=refusal_text)
 
 
-#: PASV/EPSV sent in one write by ``pasv-map`` (each reply an independent port
-#: draw; only the last port stays open, so only it is connected to).
-PIPELINE = 6
 #: Samples per ``pasv-map`` session (fewer sessions for fewer samples).
 SAMPLES_PER_SESSION = 16
 
@@ -801,7 +812,7 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     concurrent sessions (one per :data:`SAMPLES_PER_SESSION` samples).
 
     Each session asks once alone (its reply is ``pipelined=False``: address
-    evidence), then sends up to :data:`PIPELINE` PASV/EPSV in one write
+    evidence), then sends up to ``ctx.pipeline`` PASV/EPSV in one write
     (``pipelined=True``: an ALG that inspects only the first reply of a
     segment may leave the others unrewritten).  A server closes a passive
     port when asked for the next, so only the last port of each write is
@@ -861,7 +872,7 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                     if retest:
                         k, commands = 1, [Command(retest.pop())]
                     else:
-                        k = 1 if turn == 0 else min(PIPELINE, remaining[0])
+                        k = 1 if turn == 0 else min(ctx.pipeline, remaining[0])
                         commands = [Command(verbs[(turn + j) % len(verbs)]) for j in range(k)]
                         turn += k
                     remaining[0] -= k

@@ -18,7 +18,7 @@ import trio
 
 from .catalog import Probe, load_catalog
 from .errors import FtpProbeError
-from .executors import ACTIONS, PREPARE, STARTS_FIRST, ProbeContext, failed
+from .executors import ACTIONS, PIPELINE, PREPARE, STARTS_FIRST, ProbeContext, failed
 from .findings import Finding, exit_code
 from .observations import Failed, Observation, PassiveMapObs, SessionLimitObs
 from .passive import PassiveMap, analyze
@@ -146,7 +146,8 @@ def passive_map(observations: Mapping[str, Observation]) -> PassiveMap | None:
 
 
 async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeout: float = 5.0,
-                     deadline: float = 120.0, samples: int = 20, max_sessions: int | None = None,
+                     deadline: float = 120.0, samples: int = 20, pipeline: int = PIPELINE,
+                     max_sessions: int | None = None,
                      trust_pasv_address: bool = False, progress=lambda message, done=None, total=None: None,
                      vantage: str = "server", other_port: int | None = None,
                      from_lan: bool = False, cert_warn_days: int = 14,
@@ -163,7 +164,9 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     (:attr:`ProbeContext.reuse_sessions`; ``check`` sets it).
 
     ``timeout``: seconds per connect/reply; ``deadline``: seconds for the whole
-    run; ``samples``: passive replies for the mapping; ``max_sessions``:
+    run; ``samples``: passive replies for the mapping; ``pipeline``: PASV/EPSV
+    per write in the mapping (1: every sampled port is tried with a data
+    connection; see :func:`~ftpprobe.executors.run_pasv_map`); ``max_sessions``:
     concurrent control sessions at most (lowered by what the server allows;
     ``None``: :data:`DEFAULT_SESSIONS`, raised by what the session-limit
     probe shows, see :func:`_settle_limit`).
@@ -178,10 +181,12 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     started = time.monotonic()
     if max_sessions is not None and max_sessions < 1:
         raise FtpProbeError(f"max_sessions must be at least 1 (got {max_sessions})")
+    if pipeline < 1:
+        raise FtpProbeError(f"pipeline must be at least 1 (got {pipeline})")
     auto = max_sessions is None
     # auto: the session-limit probe (exclusive, first) may hold AUTO_SESSIONS;
     # the others get what _settle_limit decides after it.
-    ctx = ProbeContext(target, timeout=timeout, samples=samples,
+    ctx = ProbeContext(target, timeout=timeout, samples=samples, pipeline=pipeline,
                        max_sessions=AUTO_SESSIONS if auto else max_sessions,
                        trust_pasv_address=trust_pasv_address, progress=progress,
                        other_port=other_port, expect_reflector=vantage == "reflector",
@@ -209,17 +214,19 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                 if probe.action == "session-limit":
                     limit_seen = observations[probe.name]
             _settle_limit(ctx, limit_seen, auto=auto)
-            await ctx.trim_spares()
 
             phase = "probes"
             rest = [p for p in probes if not p.exclusive]
             if reuse_sessions and ctx.limiter.total_tokens == 1:
                 # One session at a time, handed from probe to probe: in turn,
                 # no task, nursery or wait per probe (check's quick probes).
+                await ctx.trim_spares()
                 for probe in rest:
                     observations[probe.name] = await _observe(ctx, probe)
             else:
                 async with trio.open_nursery() as nursery:
+                    # The spares beyond the settled limit close while the probes start.
+                    nursery.start_soon(ctx.trim_spares)
                     first = [p for p in rest if p.action in STARTS_FIRST]
                     for probe in first:
                         nursery.start_soon(_observe_into, ctx, probe, observations)

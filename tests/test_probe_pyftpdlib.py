@@ -274,6 +274,19 @@ def test_wide_range_10000_65535_is_mapped_in_bounded_samples(pyftpd):
     assert code == 1
 
 
+def test_map_pasv_pipeline_one_tries_every_sampled_port(pyftpd):
+    # Pipelined (the default), only the last port of each write is connected to;
+    # --pipeline 1 connects to every sample's port (a raced failure is asked again).
+    server = pyftpd(passive_ports=(53100, 53199))
+    _, default = run_json("map-pasv", "--samples", "30", "--timeout", "1.5", server.url)
+    _, every = run_json("map-pasv", "--samples", "30", "--pipeline", "1", "--timeout", "1.5", server.url)
+    assert drawn(default["passive"], 30) and default["passive"]["tried"] < 30
+    assert drawn(every["passive"], 30) and every["passive"]["tried"] == every["passive"]["reachable"] == 30
+    # the absence says how to make it stronger
+    assert "map with --pipeline 1" in findings_by_id(default)["server.pasv-unreachable"]["evidence"][1]
+    assert "(30 ports tried; map with more --samples" in findings_by_id(every)["server.pasv-unreachable"]["evidence"][1]
+
+
 async def test_the_packet_capture_queues_for_a_session_before_the_short_probes(pyftpd):
     """With one session at a time, the probe that holds its session longest
     (the reset capture, or its skip without capture permission) is done
