@@ -83,13 +83,12 @@ def case_map(args) -> dict:
     wall = time.perf_counter() - started
     p = report.passive
     width = HIGH - LOW + 1
-    pipelined = sum(1 for s in report.observations["pasv-map"].samples if getattr(s, "pipelined", False))
     return {"wall": wall, "cpu": time.process_time() - cpu, "samples": p.get("samples"),
             "rate": (p.get("samples") or 0) / wall, "error": report.error,
             "observed": [p.get("observed_min"), p.get("observed_max")],
             "bound_error": ((p["observed_min"] - LOW) + (HIGH - p["observed_max"])) / width if p else None,
             "interval": [p.get("estimate_low"), p.get("estimate_high")], "tried": p.get("tried"),
-            "reachable": p.get("reachable"), "pipelined": pipelined, "addresses": p.get("addresses"),
+            "reachable": p.get("reachable"), "pipelined": p.get("pipelined"), "addresses": p.get("addresses"),
             "sessions": p.get("sessions")}
 
 
@@ -149,7 +148,8 @@ CASES = {"ftplib": case_ftplib, "map": case_map, "probe": case_probe, "fleet": c
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    # ftpserver.py imports ftpprobe.demo: this checkout's, installed or not.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     line = proc.stdout.readline()
     if "ready" not in line:
         raise SystemExit(f"{argv[1]} did not start")
@@ -283,9 +283,9 @@ def print_table(r: dict, args: argparse.Namespace) -> None:
                      f"{fl['proxy_cpu'] * 1000 / n:.2f} ms/site", f"server alone {fl['server_cpu']:.2f} s (one thread)"))
         rows.append(("check, 1 site", f"{one['wall']:.2f} s, {one['cpu_per_site_ms']:.1f} ms CPU",
                      f"{fl['wall'] / one['wall']:.1f}x for {n}x the sites"))
-    # Fits an 80-column terminal: 26 + 28 + 22 and two 2-space gaps; a row
-    # starting with '- ' belongs to the one above.
-    print(tabulate(rows, headers=("case", "result", "compared"), tablefmt="simple", maxcolwidths=[26, 28, 22]))
+    # Fits an 80-column terminal: 24 + 28 + 18 and the grid's 10 columns of
+    # rules; a row starting with '- ' belongs to the one above.
+    print(tabulate(rows, headers=("case", "result", "compared"), tablefmt="grid", maxcolwidths=[24, 28, 18]))
     if "fleet" in r and r["fleet"]["down"]:
         print(f"first fleet error: {r['fleet']['first_error']}")
     if "probe" in r and r["probe"]["error"]:

@@ -25,7 +25,7 @@ import trio
 from . import __version__
 from .catalog import load_catalog
 from .errors import FtpProbeError
-from .executors import PIPELINE
+from .executors import MAX_PIPELINE, PIPELINE
 from .exporter import exporter_command
 from .findings import EXIT_PROBE_FAILED
 from .monitoring import THRESHOLD
@@ -304,10 +304,10 @@ def tls_options(fn):
 
 
 def pipeline_option(fn):
-    return click.option("--pipeline", type=click.IntRange(1, 16), default=PIPELINE, show_default=True,
+    return click.option("--pipeline", type=click.IntRange(1, MAX_PIPELINE), default=PIPELINE, show_default=True,
                         help="PASV/EPSV sent in one write while mapping the passive range. A server keeps only "
                              "the last of them open, so only that port is tried with a data connection: 1 tries "
-                             "every sampled port (one round trip per sample), for 'is the whole range "
+                             "every sampled port (PASV and connect in turn), for 'is the whole range "
                              "forwarded?'.")(fn)
 
 

@@ -87,6 +87,9 @@ def failed(probe: str, exc: FtpProbeError) -> Failed:
 #: (:attr:`ProbeContext.pipeline`): each reply an independent port draw; only
 #: the last port stays open, so only it is connected to.
 PIPELINE = 6
+#: The most PASV/EPSV ``pasv-map`` sends in one write (a few hundred bytes: one
+#: segment, within any server's line buffer).
+MAX_PIPELINE = 16
 
 
 @dataclass
@@ -102,7 +105,7 @@ class ProbeContext:
     ``pasv_samples``: the ``pasv-map`` samples so far (appended to as they
     arrive, so a run cut short by its deadline still knows them);
     ``pipeline``: PASV/EPSV per write in ``pasv-map`` (1: every sampled port
-    is tried with a data connection, one round trip per sample).
+    is tried with a data connection, in turn with its PASV).
     """
 
     target: Target
@@ -189,16 +192,20 @@ class ProbeContext:
         await spare.aclose()
         self._release(token)
 
-    async def trim_spares(self) -> None:
-        """Close the spare sessions that hold more slots than the limiter now
-        has (after the session limit was settled lower than the sessions the
-        session-limit probe left open), all at once.  The excess is taken at
-        the call, so probes may start on the other spares meanwhile: until
-        these are closed, no probe opens a session of its own."""
+    def take_excess_spares(self) -> list[tuple[ControlSession, object]]:
+        """Take out the spare sessions that hold more slots than the limiter
+        now has (after the session limit was settled lower than the sessions
+        the session-limit probe left open), for :meth:`close_spares`.  Call
+        it before any probe may take a spare: until they are closed, no
+        probe opens a session of its own."""
         excess = int(self.limiter.borrowed_tokens - self.limiter.total_tokens)
-        doomed = [self._spares.pop() for _ in range(min(max(excess, 0), len(self._spares)))]
+        return [self._spares.pop() for _ in range(min(max(excess, 0), len(self._spares)))]
+
+    async def close_spares(self, spares: list[tuple[ControlSession, object]]) -> None:
+        """Close ``spares`` (from :meth:`take_excess_spares`) all at once,
+        each slot given back once its session is closed."""
         async with trio.open_nursery() as nursery:
-            for spare, token in doomed:
+            for spare, token in spares:
                 nursery.start_soon(self._close_spare, spare, token)
 
     async def _close_idle_spare(self, *, only_if_full: bool = True) -> None:
@@ -818,13 +825,16 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     port when asked for the next, so only the last port of each write is
     tried with a real data connection (to the control peer's address
     unless ``trust_pasv_address``); the others stay ``reachable=None``.
-    That connection's SYN leaves before the next write, which goes out
-    while it is in flight; a connection that fails then (our own next PASV
-    may have closed the port) is not counted (``reachable=None``), the same
-    verb is asked again with its connection awaited, and the session waits
-    for its connections from then on, so a failure is only ever recorded
-    unraced (at most one raced connection is in flight per session).  Sessions alternate PASV and EPSV; a session
-    whose EPSV is refused keeps to PASV.  Samples are also appended to
+    When pipelining (``ctx.pipeline`` > 1), that connection's SYN leaves
+    before the next write, which goes out while it is in flight; a
+    connection that fails then (our own next PASV may have closed the port)
+    is not counted (``reachable=None``), the same verb is asked again with
+    its connection awaited, and the session waits for its connections from
+    then on, so a failure is only ever recorded unraced (at most one raced
+    connection is in flight per session).  With ``ctx.pipeline`` 1 every
+    connection is awaited: every sampled port is tried, none dropped.
+    Sessions alternate PASV and EPSV; a session whose EPSV is refused keeps
+    to PASV.  Samples are also appended to
     ``ctx.pasv_samples`` as they arrive.  Never raises for the server's
     behaviour: a session that fails adds to ``errors``.
     """
@@ -835,6 +845,8 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     remaining = [ctx.samples]
     transient_left = [max(3, ctx.samples // 4)]  # 4xx replies tolerated before giving up
     workers = max(1, min(ctx.max_sessions, ctx.limiter.total_tokens, -(-ctx.samples // SAMPLES_PER_SESSION)))
+    pipeline = max(1, ctx.pipeline)
+    pipelined = pipeline > 1
 
     def record(sample: PassiveSample) -> None:
         samples.append(sample)
@@ -872,7 +884,7 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                     if retest:
                         k, commands = 1, [Command(retest.pop())]
                     else:
-                        k = 1 if turn == 0 else min(ctx.pipeline, remaining[0])
+                        k = 1 if turn == 0 else min(pipeline, remaining[0])
                         commands = [Command(verbs[(turn + j) % len(verbs)]) for j in range(k)]
                         turn += k
                     remaining[0] -= k
@@ -914,7 +926,9 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                         continue
                     host = passive_target(s.peer_address, last_address, trust_pasv_address=ctx.trust_pasv_address)
                     sock = start_connect(host, last_sample.port)  # the SYN leaves before the next write
-                    raced = overlap[0] and remaining[0] > 0 and not in_flight[0]
+                    # Raced only when pipelining: a raced failure is asked again, which
+                    # draws a new port, and --pipeline 1 promises every sampled port tried.
+                    raced = pipelined and overlap[0] and remaining[0] > 0 and not in_flight[0]
                     if raced:
                         in_flight[0] += 1
                         nursery.start_soon(connect, last_sample, sock, host, True)

@@ -127,6 +127,10 @@ class PassiveMap:
     :func:`outside_min_distinct`; ``outside_min_distinct`` is the number of
     distinct ports that needs).
 
+    ``tried``/``reachable``: samples whose port was tried with a data
+    connection / reached; ``pipelined``: samples answered within a write of
+    several PASV/EPSV (of which only the last port could be tried).
+
     ``unreachable_ranges``: runs of consecutive sampled ports, in port order,
     whose data connections all failed, as ``(first, last)`` pairs; a run
     never spans a port that was not sampled.  ``unreachable_runs``: the same
@@ -153,6 +157,7 @@ class PassiveMap:
     sessions: int = 0
     reachable: int = 0
     tried: int = 0
+    pipelined: int = 0
     outside: list[int] = field(default_factory=list)
     outside_decidable: bool = False
     outside_min_distinct: int = 0
@@ -438,6 +443,7 @@ def _finish(result: PassiveMap, samples: list[PassiveSample]) -> PassiveMap:
     # Pipelined 227 replies may have passed an ALG unrewritten: no address evidence.
     result.addresses = dict(Counter(s.address for s in samples if s.address and not s.pipelined))
     result.commands = dict(Counter(s.command for s in samples))
+    result.pipelined = sum(1 for s in samples if s.pipelined)
     return result
 
 

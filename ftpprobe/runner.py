@@ -18,7 +18,7 @@ import trio
 
 from .catalog import Probe, load_catalog
 from .errors import FtpProbeError
-from .executors import ACTIONS, PIPELINE, PREPARE, STARTS_FIRST, ProbeContext, failed
+from .executors import ACTIONS, MAX_PIPELINE, PIPELINE, PREPARE, STARTS_FIRST, ProbeContext, failed
 from .findings import Finding, exit_code
 from .observations import Failed, Observation, PassiveMapObs, SessionLimitObs
 from .passive import PassiveMap, analyze
@@ -181,8 +181,8 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     started = time.monotonic()
     if max_sessions is not None and max_sessions < 1:
         raise FtpProbeError(f"max_sessions must be at least 1 (got {max_sessions})")
-    if pipeline < 1:
-        raise FtpProbeError(f"pipeline must be at least 1 (got {pipeline})")
+    if not isinstance(pipeline, int) or not 1 <= pipeline <= MAX_PIPELINE:
+        raise FtpProbeError(f"pipeline must be a whole number from 1 to {MAX_PIPELINE} (got {pipeline!r})")
     auto = max_sessions is None
     # auto: the session-limit probe (exclusive, first) may hold AUTO_SESSIONS;
     # the others get what _settle_limit decides after it.
@@ -214,19 +214,20 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                 if probe.action == "session-limit":
                     limit_seen = observations[probe.name]
             _settle_limit(ctx, limit_seen, auto=auto)
+            excess = ctx.take_excess_spares()  # before any probe can take a spare
 
             phase = "probes"
             rest = [p for p in probes if not p.exclusive]
             if reuse_sessions and ctx.limiter.total_tokens == 1:
                 # One session at a time, handed from probe to probe: in turn,
                 # no task, nursery or wait per probe (check's quick probes).
-                await ctx.trim_spares()
+                await ctx.close_spares(excess)
                 for probe in rest:
                     observations[probe.name] = await _observe(ctx, probe)
             else:
                 async with trio.open_nursery() as nursery:
                     # The spares beyond the settled limit close while the probes start.
-                    nursery.start_soon(ctx.trim_spares)
+                    nursery.start_soon(ctx.close_spares, excess)
                     first = [p for p in rest if p.action in STARTS_FIRST]
                     for probe in first:
                         nursery.start_soon(_observe_into, ctx, probe, observations)

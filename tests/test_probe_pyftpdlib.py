@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import time
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -227,6 +228,11 @@ def test_demo_server_answers_a_new_session_after_another_quits_an_active_transfe
         b.connect((server.host, server.port))
         bf = b.makefile("r", newline="\r\n")
         assert reply(bf).startswith("220")
+        # the case in point: b's control connection got the number a's data connection had
+        handlers = {h.remote_port: h for h in list(server._server.ioloop.socket_map.values())
+                    if hasattr(h, "remote_port")}
+        connector = handlers[a.getsockname()[1]]._dtp_connector
+        assert handlers[b.getsockname()[1]]._fileno == connector._fileno
         assert command(a, af, "QUIT").startswith("221")
         assert command(b, bf, "USER anonymous").startswith("331")  # socket.timeout if unanswered
 
@@ -285,6 +291,50 @@ def test_map_pasv_pipeline_one_tries_every_sampled_port(pyftpd):
     # the absence says how to make it stronger
     assert "map with --pipeline 1" in findings_by_id(default)["server.pasv-unreachable"]["evidence"][1]
     assert "(30 ports tried; map with more --samples" in findings_by_id(every)["server.pasv-unreachable"]["evidence"][1]
+
+
+async def test_pipeline_one_records_every_draw_of_an_unforwarded_port():
+    # A range of 4 ports, one advertised but never listening (not forwarded): with
+    # --pipeline 1 each of its draws is a failed data connection, none dropped as raced.
+    import threading
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.ioloop import IOLoop
+    from pyftpdlib.servers import FTPServer
+    from ftpprobe.demo import handler_class
+
+    low, high, dead = 53300, 53303, 53300
+    handler = handler_class("DeadPortHandler")
+
+    class DeadPort(handler.passive_dtp):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            if self.socket.getsockname()[1] == dead:
+                self.close()  # advertised in the 227/229 reply, but nothing listens
+
+    authorizer = DummyAuthorizer()
+    authorizer.add_anonymous(os.getcwd(), perm="el")
+    handler.passive_dtp, handler.authorizer, handler.passive_ports = DeadPort, authorizer, range(low, high + 1)
+    server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            server.ioloop.loop(timeout=0.05, blocking=False)
+        server.close_all()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        pasv_map = [p for p in load_catalog(vantage="server") if p.name == "pasv-map"]
+        report = await run_probes(Target("127.0.0.1", server.address[1]), probes=pasv_map, timeout=1.5,
+                                  samples=40, pipeline=1, max_sessions=1, deadline=20)
+    finally:
+        stop.set()
+        thread.join(5)
+    samples = report.observations["pasv-map"].samples
+    assert len(samples) == 40 and all(s.reachable is not None for s in samples), samples
+    assert all(s.reachable is (s.port != dead) for s in samples), samples
+    assert any(s.port == dead for s in samples)  # missed with probability (3/4)**40, 1e-5
 
 
 async def test_the_packet_capture_queues_for_a_session_before_the_short_probes(pyftpd):
@@ -441,6 +491,40 @@ async def _run_watching_sessions(server) -> tuple:
         report = await run_probes(target_of(server), timeout=1.5, samples=12, progress=progress)
         done.set()
     return report, {f.id: f for f in report.findings}["server.connection-limit"], peak
+
+
+async def test_probes_never_hold_more_sessions_than_the_settled_limit(pyftpd, monkeypatch):
+    """The session-limit probe leaves 8 logged-in spares and the limit settles
+    at 7: the eighth is taken out before any probe starts (trio may start the
+    probes in either order), so no more than 7 probes hold a session at once."""
+    from ftpprobe.executors import ProbeContext
+    from ftpprobe.runner import AUTO_SESSIONS
+
+    in_use, peak = 0, 0
+    session = ProbeContext.session
+
+    @asynccontextmanager
+    async def counted(self, **kw):
+        nonlocal in_use, peak
+        async with session(self, **kw) as s:
+            in_use += 1
+            peak = max(peak, in_use)
+            try:
+                yield s
+            finally:
+                in_use -= 1
+
+    monkeypatch.setattr(ProbeContext, "session", counted)
+    catalog = load_catalog(vantage="server")
+    commands = [p for p in catalog if p.action in ("command", "passive", "listing")]
+    probes = [p for p in catalog if p.action == "session-limit"] + commands
+    assert len(commands) >= 10
+    server = pyftpd(passive_ports=(52440, 52449))
+    for _ in range(8):  # trio starts the tasks in either order: both, most likely
+        peak = 0
+        report = await run_probes(target_of(server), probes=probes, timeout=1.5, deadline=20)
+        assert report.error == "" and report.observations["session-limit"].accepted == AUTO_SESSIONS
+        assert peak <= AUTO_SESSIONS - 1, peak
 
 
 async def test_default_sessions_stay_within_a_per_address_limit(pyftpd):

@@ -169,8 +169,8 @@ def pasv_unreachable(seen: Seen) -> Finding:
         # How strong the absence is: had this share of the ports been unreachable,
         # one of the tried ports would have failed with 95% probability.
         share = 1 - 0.05 ** (1 / pmap.tried)
-        tighten = ("more --samples" if pmap.tried >= pmap.samples
-                   else "--pipeline 1 (every sampled port tried) or more --samples")
+        tighten = ("--pipeline 1 (every sampled port tried) or more --samples" if pmap.pipelined
+                   else "more --samples")
         evidence.append(f"an unreachable share of the range above {share:.0%} would have shown with 95% "
                         f"probability ({pmap.tried} ports tried; map with {tighten} to tighten it)")
         return Finding(quirk, "absent", evidence)
