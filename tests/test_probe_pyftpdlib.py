@@ -306,10 +306,17 @@ async def test_pipeline_one_records_every_draw_of_an_unforwarded_port():
     handler = handler_class("DeadPortHandler")
 
     class DeadPort(handler.passive_dtp):
-        def __init__(self, *args, **kw):
-            super().__init__(*args, **kw)
+        def __init__(self, cmd_channel, extmode=False):
+            held = []  # pyftpdlib replies from inside __init__: hold the reply back
+            cmd_channel.respond = lambda line, **kw: held.append((line, kw))
+            try:
+                super().__init__(cmd_channel, extmode)
+            finally:
+                del cmd_channel.respond
             if self.socket.getsockname()[1] == dead:
-                self.close()  # advertised in the 227/229 reply, but nothing listens
+                self.close()  # advertised in the 227/229 reply, but nothing listens any more
+            for line, kw in held:
+                cmd_channel.respond(line, **kw)
 
     authorizer = DummyAuthorizer()
     authorizer.add_anonymous(os.getcwd(), perm="el")
@@ -333,7 +340,7 @@ async def test_pipeline_one_records_every_draw_of_an_unforwarded_port():
         thread.join(5)
     samples = report.observations["pasv-map"].samples
     assert len(samples) == 40 and all(s.reachable is not None for s in samples), samples
-    assert all(s.reachable is (s.port != dead) for s in samples), samples
+    assert all(s.reachable is (s.port != dead) for s in samples), [s for s in samples if s.reachable is not (s.port != dead)]
     assert any(s.port == dead for s in samples)  # missed with probability (3/4)**40, 1e-5
 
 
