@@ -181,12 +181,7 @@ class ProbeContext:
         """Close the spare sessions no probe took (all at once: each may wait
         for the server's close after QUIT)."""
         spares, self._spares = self._spares, []
-        if len(spares) == 1:  # the usual case (check closes one per site): no nursery
-            await self._close_spare(*spares[0])
-            return
-        async with trio.open_nursery() as nursery:
-            for spare, token in spares:
-                nursery.start_soon(self._close_spare, spare, token)
+        await self.close_spares(spares)
 
     async def _close_spare(self, spare: ControlSession, token: object) -> None:
         await spare.aclose()
@@ -202,8 +197,12 @@ class ProbeContext:
         return [self._spares.pop() for _ in range(min(max(excess, 0), len(self._spares)))]
 
     async def close_spares(self, spares: list[tuple[ControlSession, object]]) -> None:
-        """Close ``spares`` (from :meth:`take_excess_spares`) all at once,
-        each slot given back once its session is closed."""
+        """Close ``spares`` (taken out of the spare list) all at once, each
+        slot given back once its session is closed."""
+        if len(spares) <= 1:  # the usual case (check closes one per site): no nursery
+            for spare, token in spares:
+                await self._close_spare(spare, token)
+            return
         async with trio.open_nursery() as nursery:
             for spare, token in spares:
                 nursery.start_soon(self._close_spare, spare, token)
@@ -846,14 +845,15 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     transient_left = [max(3, ctx.samples // 4)]  # 4xx replies tolerated before giving up
     workers = max(1, min(ctx.max_sessions, ctx.limiter.total_tokens, -(-ctx.samples // SAMPLES_PER_SESSION)))
     pipeline = max(1, ctx.pipeline)
-    pipelined = pipeline > 1
 
     def record(sample: PassiveSample) -> None:
         samples.append(sample)
         ctx.progress("passive samples", len(samples), ctx.samples)
 
     async def worker(index: int) -> None:
-        overlap = [True]  # next write while a data connection is in flight
+        # Next write while a data connection is in flight: only when pipelining (a raced
+        # failure is asked again, which draws a new port; --pipeline 1 tries every one).
+        overlap = [pipeline > 1]
         in_flight = [0]
         retest: list[str] = []  # verbs whose raced connection failed: ask again, unraced
 
@@ -926,9 +926,7 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                         continue
                     host = passive_target(s.peer_address, last_address, trust_pasv_address=ctx.trust_pasv_address)
                     sock = start_connect(host, last_sample.port)  # the SYN leaves before the next write
-                    # Raced only when pipelining: a raced failure is asked again, which
-                    # draws a new port, and --pipeline 1 promises every sampled port tried.
-                    raced = pipelined and overlap[0] and remaining[0] > 0 and not in_flight[0]
+                    raced = overlap[0] and remaining[0] > 0 and not in_flight[0]
                     if raced:
                         in_flight[0] += 1
                         nursery.start_soon(connect, last_sample, sock, host, True)
