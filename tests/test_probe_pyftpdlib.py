@@ -293,17 +293,12 @@ def test_map_pasv_pipeline_one_tries_every_sampled_port(pyftpd):
     assert "(30 ports tried; map with more --samples" in findings_by_id(every)["server.pasv-unreachable"]["evidence"][1]
 
 
-async def test_pipeline_one_records_every_draw_of_an_unforwarded_port():
+async def test_pipeline_one_records_every_draw_of_an_unforwarded_port(pyftpd):
     # A range of 4 ports, one advertised but never listening (not forwarded): with
     # --pipeline 1 each of its draws is a failed data connection, none dropped as raced.
-    import threading
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.ioloop import IOLoop
-    from pyftpdlib.servers import FTPServer
-    from ftpprobe.demo import handler_class
-
     low, high, dead = 53300, 53303, 53300
-    handler = handler_class("DeadPortHandler")
+    server = pyftpd(passive_ports=(low, high))
+    handler = server._server.handler  # this server's own class (demo.handler_class)
 
     class DeadPort(handler.passive_dtp):
         def __init__(self, cmd_channel, extmode=False):
@@ -318,26 +313,10 @@ async def test_pipeline_one_records_every_draw_of_an_unforwarded_port():
             for line, kw in held:
                 cmd_channel.respond(line, **kw)
 
-    authorizer = DummyAuthorizer()
-    authorizer.add_anonymous(os.getcwd(), perm="el")
-    handler.passive_dtp, handler.authorizer, handler.passive_ports = DeadPort, authorizer, range(low, high + 1)
-    server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            server.ioloop.loop(timeout=0.05, blocking=False)
-        server.close_all()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        pasv_map = [p for p in load_catalog(vantage="server") if p.name == "pasv-map"]
-        report = await run_probes(Target("127.0.0.1", server.address[1]), probes=pasv_map, timeout=1.5,
-                                  samples=40, pipeline=1, max_sessions=1, deadline=20)
-    finally:
-        stop.set()
-        thread.join(5)
+    handler.passive_dtp = DeadPort
+    pasv_map = [p for p in load_catalog(vantage="server") if p.name == "pasv-map"]
+    report = await run_probes(target_of(server), probes=pasv_map, timeout=1.5,
+                              samples=40, pipeline=1, max_sessions=1, deadline=20)
     samples = report.observations["pasv-map"].samples
     assert len(samples) == 40 and all(s.reachable is not None for s in samples), samples
     assert all(s.reachable is (s.port != dead) for s in samples), [s for s in samples if s.reachable is not (s.port != dead)]
