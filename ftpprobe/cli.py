@@ -237,12 +237,12 @@ def _pcap(path: str | None, target: Target):
     """While the block runs, write every packet to or from ``target`` (control
     and data connections, ICMP errors) to the pcap file ``path`` (``--pcap``).
 
-    Without root or CAP_NET_RAW (or scapy) it says so on stderr and the run
+    Without root or CAP_NET_RAW it says so on stderr and the run
     goes on as without ``--pcap``: the capture is evidence, not the probe.
     """
     cap = None
     if path:
-        from .packets import Capture, CaptureError, resolve  # scapy itself only inside Capture.start
+        from .packets import Capture, CaptureError, resolve  # scapy only once a pcap file is written
 
         try:
             cap = Capture(resolve(target.host, target.port), any_protocol=True, icmp=True, pcap=path)

@@ -392,23 +392,13 @@ ACTIONS: dict[str, Action] = {}
 #: map: it spreads over several sessions, and started first it would take them all.
 STARTS_FIRST: set[str] = set()
 
-#: Blocking work an action needs done before it can start (loading scapy for
-#: a packet capture: about 0.3 s of CPU): the runner starts it in a thread
-#: when the run begins, so it overlaps the preflight's round trips instead
-#: of delaying the probe.  Each must be safe to run twice and never raise.
-PREPARE: dict[str, Callable[[], None]] = {}
-
-
-def action(name: str, *, starts_first: bool = False,
-           prepare: Callable[[], None] | None = None) -> Callable[[Action], Action]:
+def action(name: str, *, starts_first: bool = False) -> Callable[[Action], Action]:
     """Register an executor for the catalog's ``action = name``
-    (``starts_first``: see :data:`STARTS_FIRST`; ``prepare``: see :data:`PREPARE`)."""
+    (``starts_first``: see :data:`STARTS_FIRST`)."""
     def register(fn: Action) -> Action:
         ACTIONS[name] = fn
         if starts_first:
             STARTS_FIRST.add(name)
-        if prepare is not None:
-            PREPARE[name] = prepare
         return fn
     return register
 
@@ -1048,7 +1038,7 @@ async def run_reflect_passive(ctx: ProbeContext, probe: Probe) -> ReflectPassive
 
 
 # The packet probes' actions (reset-capture, hops) live in their own module,
-# which registers them here; scapy itself stays behind ftpprobe.packets.
+# which registers them here; the captures themselves live in ftpprobe.packets.
 from . import packet_actions  # noqa: E402,F401
 
 

@@ -1,8 +1,7 @@
 """Executors of the packet probes (actions ``reset-capture`` and ``hops``).
 
-They capture packets through :mod:`ftpprobe.packets` (the only module that
-touches scapy) while talking FTP through :mod:`ftpprobe.transport`.  Without
-root or CAP_NET_RAW (or without scapy) each returns a
+They capture packets through :mod:`ftpprobe.packets` while talking FTP
+through :mod:`ftpprobe.transport`.  Without root or CAP_NET_RAW each returns a
 :class:`~ftpprobe.observations.Skipped` with the reason, and nothing else of
 the run changes.  Registered in :data:`ftpprobe.executors.ACTIONS` when
 :mod:`ftpprobe.executors` is imported.
@@ -20,7 +19,7 @@ from .codec import Command, encode_port, replace_argument
 from .data import ActiveListener
 from .executors import ProbeContext, _evidence_exchanges, _reflection, action
 from .observations import Hop, HopsObs, ResetCaptureObs, Skipped
-from .packets import ACK, CaptureError, Quoted, attribute_resets, capturing, permission_problem, warm_up
+from .packets import ACK, CaptureError, Quoted, attribute_resets, capturing, permission_problem
 
 #: Seconds to keep capturing after the command's outcome, for a late RST.
 LINGER = 0.3
@@ -60,17 +59,7 @@ async def _preconditions(ctx: ProbeContext, probe: Probe, port: int) -> tuple[st
     return host, None
 
 
-def _prepare_capture() -> None:
-    """Load scapy ahead of a capture (the runner's :data:`~ftpprobe.executors.PREPARE`),
-    only where a capture can run at all.  Never raises."""
-    try:
-        if permission_problem() is None:
-            warm_up()
-    except Exception:  # noqa: BLE001 -- the capture itself says what is wrong when it starts
-        pass
-
-
-@action("reset-capture", starts_first=True, prepare=_prepare_capture)
+@action("reset-capture", starts_first=True)
 async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs | Skipped:
     """PORT naming our own listener, on a control connection captured packet
     by packet; every RST that arrives is attributed to the peer or a
@@ -87,9 +76,8 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
     host, skipped = await _preconditions(ctx, probe, port)
     if skipped is not None:
         return skipped
-    # The runner has started loading scapy (PREPARE); the capture starts once
-    # this probe has its session: it never runs (with every packet on the
-    # interface to look at) while the probe waits its turn.
+    # The capture starts once this probe has its session: it never runs (with
+    # every packet of the host to look at) while the probe waits its turn.
     try:
         async with ctx.session(login=probe.login) as s:
             async with capturing(host, port) as cap:
@@ -120,7 +108,7 @@ def quote_state(line: bytes, quoted: Quoted | None) -> str:
     return "rewritten"
 
 
-@action("hops", prepare=_prepare_capture)
+@action("hops")
 async def run_hops(ctx: ProbeContext, probe: Probe) -> HopsObs | Skipped:
     """After a login to the reflector, send the probe's PORT line (naming our
     own address and a listener) with IP TTL 1, then raise the TTL by one each

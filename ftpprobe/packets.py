@@ -1,20 +1,18 @@
-"""Packet-level evidence: the one module that touches scapy.
+"""Packet-level evidence: captures, and the readings of their packets.
 
-scapy is imported lazily, inside :meth:`Capture.start` (in a worker thread),
-never when ``ftpprobe`` is imported: ``import ftpprobe.cli`` stays fast and
-works where scapy cannot open a capture.  Permission is checked by trying
-(:func:`permission_problem` opens an ``AF_PACKET`` raw socket: root or
-CAP_NET_RAW); without it the packet probes are ``skipped`` with that reason.
+A capture is an ``AF_PACKET`` socket read in a thread; scapy is imported
+only to write a pcap file (``--pcap``), never when ``ftpprobe`` is imported.
+Permission is checked by trying (:func:`permission_problem` opens an
+``AF_PACKET`` raw socket: root or CAP_NET_RAW); without it the packet probes
+are ``skipped`` with that reason.
 
 What is here:
 
-* :class:`Capture`: an ``AsyncSniffer`` on the interface that routes to a
-  peer, restricted to one TCP peer (and ICMP when asked) by a BPF filter
-  (compiled by libpcap or tcpdump when present; otherwise the same predicate
-  runs in Python as scapy's ``lfilter``), optionally written to a pcap file
-  (:func:`pcap_capture` for a whole run).  Every capture is stopped in a
-  ``finally`` block and its thread joined with a bound.
-* Pure readings of raw IPv4 packets, testable without scapy or a network:
+* :class:`Capture`: the IP packets of one peer (one TCP peer and port, and
+  ICMP errors when asked; :func:`packet_filter`), optionally written to a
+  pcap file.  Every capture is stopped in a ``finally`` block and its thread
+  joined with a bound.
+* Pure readings of raw IPv4 packets, testable without a network:
   :func:`parse_ipv4` (a TCP :class:`Segment`, or an :class:`IcmpError` with
   the packet it quotes, RFC 792), :func:`attribute_resets` (who sent each RST:
   the peer or a middlebox, from IP TTL, IP ID and TCP window).
@@ -23,21 +21,21 @@ What is here:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import ipaddress
+import select
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from .errors import FtpProbeError
 from .observations import ResetSource
 
-#: Seconds at most to wait for the sniffer's socket to open, and for its thread to end.
-START_WAIT, STOP_WAIT = 3.0, 3.0
+#: Seconds at most to wait for a capture's reading thread to end.
+STOP_WAIT = 3.0
 #: Packets a capture keeps (and writes) at most; more are counted, not kept.
 MAX_PACKETS = 200_000
 ETH_P_ALL = 0x0003
@@ -52,8 +50,7 @@ def permission_problem() -> str | None:
     """``None`` if this process can capture packets, else why not (plain words).
 
     Decided by trying: an ``AF_PACKET`` raw socket opens only with root or
-    CAP_NET_RAW (``packet(7)``).  Also says so when scapy is not installed.
-    Cached for the process.
+    CAP_NET_RAW (``packet(7)``).  Cached for the process.
     """
     try:
         probe = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -63,8 +60,6 @@ def permission_problem() -> str | None:
     except (OSError, AttributeError) as exc:
         return f"packet capture is not available on this system ({exc})"
     probe.close()
-    if importlib.util.find_spec("scapy") is None:
-        return "packet capture needs scapy (python3 -m pip install scapy)"
     return None
 
 
@@ -258,69 +253,84 @@ def attribute_resets(segments: Sequence[Segment], peer: tuple[str, int], local: 
     return tuple(out)
 
 
-# -- capture (scapy) -----------------------------------------------------------------
+# -- capture ---------------------------------------------------------------------------
+
+#: ``sll_pkttype`` of a packet this host sends and ``sll_hatype`` of a loopback
+#: interface (``packet(7)``, ``linux/if_arp.h``): loopback shows every packet
+#: twice, as sent and as received.
+PACKET_OUTGOING, ARPHRD_LOOPBACK = 4, 772
+#: ``SOL_PACKET``, ``PACKET_STATISTICS`` (``packet(7)``): the packets the kernel
+#: had for the socket and those it dropped (a full receive buffer).
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+#: Bytes asked for by each read: more than the largest IP packet (loopback and
+#: GRO/GSO hand over packets of up to 64 KiB).
+READ_SIZE = 1 << 17
+#: Receive buffer asked for (the kernel caps it at ``net.core.rmem_max``).
+RECEIVE_BUFFER = 4 << 20
+#: pcap link type of raw IP packets, IPv4 or IPv6 (no link-layer header).
+LINKTYPE_RAW = 101
 
 
 def bpf_filter(host: str, port: int | None = None, *, icmp: bool = False, any_protocol: bool = False) -> str:
     """The capture filter, in tcpdump syntax: TCP (or any protocol) to or from
-    ``host`` (and ``port``), plus ICMP errors when ``icmp``."""
+    ``host`` (and ``port``), plus ICMP errors when ``icmp``.  Names what
+    :func:`packet_filter` keeps."""
     main = f"host {host}" if any_protocol else f"tcp and host {host}" + (f" and port {port}" if port else "")
     return f"({main}) or icmp" if icmp else main
 
 
-def _python_filter(host: str, port: int | None, icmp: bool, any_protocol: bool) -> Callable[[object], bool]:
-    """The predicate of :func:`bpf_filter` for scapy's ``lfilter`` (where no
-    libpcap or tcpdump compiles BPF)."""
-    from scapy.layers.inet import ICMP, IP, TCP
-    from scapy.layers.inet6 import IPv6
+def packet_filter(host: str, port: int | None = None, *, icmp: bool = False,
+                  any_protocol: bool = False) -> Callable[[bytes], bool]:
+    """The predicate of :func:`bpf_filter` on one raw IP packet (``bytes``
+    from its IP header on; IPv4 or IPv6 by its version nibble).
 
-    def keep(pkt) -> bool:
-        for layer in (IP, IPv6):
-            if layer in pkt:
-                ip = pkt[layer]
-                if icmp and layer is IP and ICMP in pkt:
-                    return True
-                if host not in (ip.src, ip.dst):
-                    return False
-                if any_protocol:
-                    return True
-                return TCP in pkt and (port is None or port in (pkt[TCP].sport, pkt[TCP].dport))
-        return False
+    ``icmp`` keeps every IPv4 ICMP packet, as tcpdump's ``icmp`` does; TCP
+    ports are read after a fixed IPv6 header (no extension headers), as
+    tcpdump's ``ip6 proto`` does.  Short or non-IP packets are not kept.
+    Raises ``ValueError`` if ``host`` is not an IP address.
+    """
+    wanted = ipaddress.ip_address(host).packed
+
+    def keep(data: bytes) -> bool:
+        version = data[0] >> 4 if data else 0
+        if version == 4 and len(data) >= 20:
+            proto, src, dst, ports_at = data[9], data[12:16], data[16:20], (data[0] & 0x0F) * 4
+            if icmp and proto == 1:
+                return True
+        elif version == 6 and len(data) >= 40:
+            proto, src, dst, ports_at = data[6], data[8:24], data[24:40], 40
+        else:
+            return False
+        if wanted != src and wanted != dst:
+            return False
+        if any_protocol:
+            return True
+        if proto != 6 or len(data) < ports_at + 4:
+            return False
+        return port is None or port in struct.unpack_from("!HH", data, ports_at)
 
     return keep
 
 
-def _route_interface(host: str) -> str:
-    """The interface scapy's routing table sends ``host``'s traffic through."""
-    from scapy.config import conf
-
-    if ipaddress.ip_address(host).version == 6:
-        import scapy.route6  # noqa: F401  -- fills conf.route6
-
-        return str(conf.route6.route(host)[0])
-    return str(conf.route.route(host)[0])
-
-
-def warm_up() -> None:
-    """Import what :meth:`Capture.start` imports (blocking: run it in a
-    thread), so a capture started later starts at once.  Never raises."""
-    try:
-        from scapy.arch.common import compile_filter  # noqa: F401
-        from scapy.layers.inet import IP  # noqa: F401
-        from scapy.sendrecv import AsyncSniffer  # noqa: F401
-        from scapy.utils import PcapWriter  # noqa: F401
-    except Exception:  # noqa: BLE001 -- no scapy: Capture.start says so
-        pass
-
-
 class Capture:
-    """Capture the packets of one peer on the interface that routes to it.
+    """Capture the IP packets of one peer: an ``AF_PACKET`` datagram socket
+    (``packet(7)``: every interface, link-layer header removed) read by a
+    thread of its own, each packet filtered and read here
+    (:func:`packet_filter`, :func:`parse_ipv4`).
+
+    Not scapy's sniffer: where no libpcap compiles BPF it dissects every
+    packet of the interface into layers before any filter runs, which cost
+    several times the CPU of the rest of a probe run.  scapy writes the pcap
+    file.
 
     ``host``/``port``: the peer (``port`` None: any port); ``icmp``: also
     ICMP errors (for time-exceeded replies); ``any_protocol``: everything to
     or from ``host``; ``pcap``: write the packets to this file as they
-    arrive.  :meth:`start` and :meth:`stop` block (run them off the trio
-    thread); :attr:`segments` and :attr:`icmp_errors` grow while it runs.
+    arrive (pcap, raw IP).  Packets count only on the interface that carried
+    the first packet to or from ``host`` (a bridge and its port show each
+    packet twice), and a loopback interface's outgoing copies are skipped.
+    :meth:`start` and :meth:`stop` block briefly (an ``open``, a thread
+    ``join``); :attr:`segments` and :attr:`icmp_errors` grow while it runs.
     Raises :class:`CaptureError` from :meth:`start`.
     """
 
@@ -331,100 +341,127 @@ class Capture:
         self.icmp_errors: list[IcmpError] = []
         self.packets = 0
         self.dropped = 0
-        self.filter_note = ""
+        self.kernel_drops = 0
         self.interface = ""
-        self._started = threading.Event()
-        self._sniffer = None
+        self._keep = packet_filter(host, port, icmp=icmp, any_protocol=any_protocol)
+        self._to_or_from_host = packet_filter(host, any_protocol=True)
+        self._socket: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._thread: threading.Thread | None = None
         self._writer = None
-        self._last_raw = b""
         self._clock = time.monotonic
 
+    @property
+    def filter_note(self) -> str:
+        """What was captured and how: the filter, the interface, the packets
+        kept, and the kernel's drops when there were any."""
+        where = f"on {self.interface}" if self.interface else "(no packet matched)"
+        note = f"filter '{bpf_filter(self.host, self.port, icmp=self.icmp, any_protocol=self.any_protocol)}' " \
+               f"{where}: {self.packets} packets"
+        return note + (f", {self.kernel_drops} dropped by the kernel" if self.kernel_drops else "")
+
     def start(self) -> None:
-        """Import scapy, open the capture and wait (:data:`START_WAIT` s) until it runs."""
+        """Open the capture socket (packets are queued for it from then on),
+        the pcap file when asked, and start the reading thread."""
         problem = permission_problem()
         if problem:
             raise CaptureError(problem)
-        try:
-            from scapy.arch.common import compile_filter
-            from scapy.sendrecv import AsyncSniffer
-            from scapy.utils import PcapWriter
-        except ImportError as exc:
-            raise CaptureError(f"packet capture needs scapy ({exc})") from None
-        try:
-            self.interface = _route_interface(self.host)
-        except (ValueError, OSError, IndexError) as exc:
-            raise CaptureError(f"no interface routes to {self.host} ({exc})") from None
-        text = bpf_filter(self.host, self.port, icmp=self.icmp, any_protocol=self.any_protocol)
-        options: dict = {}
-        try:
-            compile_filter(text, iface=self.interface)
-            options["filter"] = text
-            self.filter_note = f"BPF filter '{text}' on {self.interface}"
-        except Exception:  # noqa: BLE001 -- scapy raises ImportError or Scapy_Exception without libpcap/tcpdump
-            options["lfilter"] = _python_filter(self.host, self.port, self.icmp, self.any_protocol)
-            self.filter_note = (f"filter '{text}' on {self.interface}, applied in Python "
-                                "(no libpcap or tcpdump to compile BPF)")
         if self.pcap:
-            try:
-                self._writer = PcapWriter(self.pcap, append=False, sync=True)
-            except OSError as exc:
-                raise CaptureError(f"cannot write {self.pcap}: {exc.strerror or exc}") from None
-        self._sniffer = AsyncSniffer(iface=self.interface, prn=self._on_packet, store=False,
-                                     started_callback=self._started.set, **options)
-        self._sniffer.start()
-        if not self._started.wait(START_WAIT):
-            error = getattr(self._sniffer, "exception", None)
-            self.stop()
-            raise CaptureError(f"the capture on {self.interface} did not start"
-                               + (f": {error}" if error else f" within {START_WAIT:g} s"))
-
-    def _on_packet(self, pkt) -> None:
-        """Called in the sniffer's thread for each packet that passed the filter."""
+            self._writer = _pcap_writer(self.pcap)
         try:
-            raw = bytes(pkt)
-            if raw == self._last_raw:  # loopback shows each packet twice (out, then in)
-                return
-            self._last_raw = raw
-            self.packets += 1
-            if self.packets > MAX_PACKETS:
-                self.dropped += 1
-                return
-            if self._writer is not None:
-                self._writer.write(pkt)
-            from scapy.layers.inet import IP
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        except OSError as exc:
+            self.stop()
+            raise CaptureError(f"cannot open a packet capture: {exc.strerror or exc}") from None
+        with contextlib.suppress(OSError):  # a smaller buffer only risks drops, which are counted
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        self._socket, self._wake = sock, socket.socketpair()
+        self._thread = threading.Thread(target=self._read, args=(sock, self._wake[1]),
+                                        name="ftpprobe capture", daemon=True)
+        self._thread.start()
 
-            if IP in pkt:
-                parsed = parse_ipv4(bytes(pkt[IP]), self._clock())
-                if isinstance(parsed, Segment):
-                    self.segments.append(parsed)
-                elif isinstance(parsed, IcmpError):
-                    self.icmp_errors.append(parsed)
-        except Exception:  # noqa: BLE001 -- one odd packet must not kill the capture thread
+    def _read(self, sock: socket.socket, wake: socket.socket) -> None:
+        """The reading thread: every queued packet, until woken by :meth:`stop`
+        (the packets queued by then are read too)."""
+        stopping = False
+        while not stopping:
+            readable, _, _ = select.select([sock, wake], [], [])
+            stopping = wake in readable
+            while True:
+                try:
+                    data, address = sock.recvfrom(READ_SIZE, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    return
+                self._take(data, address[0], address[2], address[3])
+
+    def _take(self, data: bytes, interface: str, pkttype: int, hatype: int) -> None:
+        """Keep one packet read from ``interface`` if it passes the filter."""
+        if (hatype == ARPHRD_LOOPBACK and pkttype == PACKET_OUTGOING) or not self._keep(data):
+            return
+        if interface != self.interface:
+            if self.interface or not self._to_or_from_host(data):
+                return
+            self.interface = interface
+        self.packets += 1
+        if self.packets > MAX_PACKETS:
             self.dropped += 1
+            return
+        try:
+            if self._writer is not None:
+                seconds = time.time()
+                self._writer.write_packet(data, sec=int(seconds), usec=int(seconds % 1 * 1e6))
+            parsed = parse_ipv4(data, self._clock())
+        except Exception:  # noqa: BLE001 -- one odd packet (or a full disk) must not end the capture
+            self.dropped += 1
+            return
+        if isinstance(parsed, Segment):
+            self.segments.append(parsed)
+        elif isinstance(parsed, IcmpError):
+            self.icmp_errors.append(parsed)
 
     def stop(self) -> None:
-        """Stop the sniffer, join its thread (at most :data:`STOP_WAIT` s), close the pcap file.  Never raises."""
-        sniffer, self._sniffer = self._sniffer, None
-        if sniffer is not None:
-            try:
-                if getattr(sniffer, "running", False):
-                    sniffer.stop(join=False)
-            except Exception:  # noqa: BLE001 -- "not running": it already ended
-                pass
-            thread = getattr(sniffer, "thread", None)
-            if thread is not None:
-                thread.join(STOP_WAIT)
+        """Read what is queued, stop the thread (joined within
+        :data:`STOP_WAIT` s), close the socket and the pcap file.  Never raises."""
+        sock, self._socket = self._socket, None
+        wake, self._wake = self._wake, None
+        thread, self._thread = self._thread, None
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake[0].send(b"x")
+        if thread is not None:
+            thread.join(STOP_WAIT)
+        if sock is not None:
+            with contextlib.suppress(OSError, struct.error):
+                self.kernel_drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
+            sock.close()
+        for end in wake or ():
+            end.close()
         writer, self._writer = self._writer, None
         if writer is not None:
-            try:
+            with contextlib.suppress(OSError):
                 writer.close()
-            except OSError:
-                pass
 
     def connection(self, local: tuple[str, int], peer: tuple[str, int]) -> list[Segment]:
         """The captured segments of one TCP connection, both directions, in order."""
         ends = {(*local, *peer), (*peer, *local)}
         return [s for s in list(self.segments) if (s.src, s.sport, s.dst, s.dport) in ends]
+
+
+def _pcap_writer(path: str):
+    """scapy's pcap writer for raw IP packets at ``path``, its header written
+    (an empty capture is still a valid file).  Raises :class:`CaptureError`."""
+    try:
+        from scapy.utils import RawPcapWriter
+    except ImportError as exc:
+        raise CaptureError(f"writing a pcap file needs scapy ({exc})") from None
+    try:
+        writer = RawPcapWriter(path, linktype=LINKTYPE_RAW, snaplen=READ_SIZE, sync=True)
+        writer.write_header(None)
+    except OSError as exc:
+        raise CaptureError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return writer
 
 
 @contextlib.asynccontextmanager
@@ -434,25 +471,12 @@ async def capturing(host: str, port: int | None = None, *, icmp: bool = False):
     import trio
 
     cap = Capture(host, port, icmp=icmp)
-    await trio.to_thread.run_sync(cap.start)
+    cap.start()  # opens a socket and starts a thread: quick
     try:
         yield cap
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(cap.stop)
-
-
-@contextlib.contextmanager
-def pcap_capture(path: str, host: str) -> Iterator[Capture]:
-    """Write every packet to or from ``host`` (control and data connections),
-    and ICMP errors, to the pcap file ``path`` while the block runs
-    (``--pcap``).  Blocking; raises :class:`CaptureError` when it cannot start."""
-    cap = Capture(host, any_protocol=True, icmp=True, pcap=path)
-    cap.start()
-    try:
-        yield cap
-    finally:
-        cap.stop()
 
 
 def resolve(host: str, port: int) -> str:

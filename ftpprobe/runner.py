@@ -18,7 +18,7 @@ import trio
 
 from .catalog import Probe, load_catalog
 from .errors import FtpProbeError
-from .executors import ACTIONS, MAX_PIPELINE, PIPELINE, PREPARE, STARTS_FIRST, ProbeContext, failed
+from .executors import ACTIONS, MAX_PIPELINE, PIPELINE, STARTS_FIRST, ProbeContext, failed
 from .findings import Finding, exit_code
 from .observations import Failed, Observation, PassiveMapObs, SessionLimitObs
 from .passive import PassiveMap, analyze
@@ -192,8 +192,6 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
                        other_port=other_port, expect_reflector=vantage == "reflector",
                        reuse_sessions=reuse_sessions)
     observations: dict[str, Observation] = {}
-    for prepare in {PREPARE[p.action] for p in probes if p.action in PREPARE}:
-        trio.lowlevel.start_thread_soon(prepare, lambda _: None)  # overlaps the preflight
     phase = "preflight (connect, greeting, login)"
     try:
         with trio.move_on_after(deadline) as scope:
