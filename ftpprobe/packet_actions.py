@@ -19,7 +19,7 @@ from .codec import Command, encode_port, replace_argument
 from .data import ActiveListener
 from .executors import ProbeContext, _evidence_exchanges, _reflection, action
 from .observations import Hop, HopsObs, ResetCaptureObs, Skipped
-from .packets import ACK, CaptureError, Quoted, attribute_resets, capturing, permission_problem
+from .packets import CaptureError, Quoted, acknowledged_at, attribute_resets, capturing, permission_problem
 
 #: Seconds to keep capturing after the command's outcome, for a late RST.
 LINGER = 0.3
@@ -150,11 +150,7 @@ async def run_hops(ctx: ProbeContext, probe: Probe) -> HopsObs | Skipped:
                         return [x for x in list(cap.segments) if (x.src, x.sport) == local and x.payload == line]
 
                     def acked(seq: int) -> float | None:
-                        end = (seq + len(line)) % 2**32
-                        for x in list(cap.segments):
-                            if (x.src, x.sport) == peer and x.flags & ACK and (x.ack - end) % 2**32 < 2**31:
-                                return x.time
-                        return None
+                        return acknowledged_at(list(cap.segments), local, peer, seq, len(line))
 
                     async def until(predicate, limit: float):
                         with trio.move_on_after(limit):

@@ -188,6 +188,25 @@ def _id_behaviour(ids: Sequence[int]) -> str:
     return "random"
 
 
+def acknowledged_at(segments: Sequence[Segment], local: tuple[str, int], peer: tuple[str, int],
+                    seq: int, length: int) -> float | None:
+    """When ``peer`` first acknowledged the ``length`` bytes that ``local``
+    sent from sequence number ``seq`` (monotonic seconds, the time of the
+    first segment of this connection from ``peer`` whose ACK covers them;
+    sequence numbers compared modulo 2**32, RFC 793 §3.3), or ``None``.
+
+    Only this connection's segments count (both ends, address and port):
+    other connections to the same peer and port have sequence spaces of
+    their own, and half of their ACK numbers would seem to cover any line.
+    """
+    end = (seq + length) % 2**32
+    for x in segments:
+        if ((x.src, x.sport, x.dst, x.dport) == (*peer, *local) and x.flags & ACK
+                and (x.ack - end) % 2**32 < 2**31):
+            return x.time
+    return None
+
+
 def attribute_resets(segments: Sequence[Segment], peer: tuple[str, int], local: tuple[str, int]
                      ) -> tuple[ResetSource, ...]:
     """Who sent each RST that arrived on the connection ``local`` <- ``peer``.

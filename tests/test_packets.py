@@ -8,7 +8,8 @@ import sys
 from ftpprobe.findings import QUIRKS
 from ftpprobe.observations import (Exchange, Hop, HopsObs, Reflection, ResetCaptureObs, ResetSource, Skipped)
 from ftpprobe.packet_actions import quote_state
-from ftpprobe.packets import ACK, PSH, RST, IcmpError, Segment, attribute_resets, parse_ipv4
+from ftpprobe.packets import (ACK, PSH, RST, IcmpError, Segment, acknowledged_at, attribute_resets,
+                              parse_ipv4)
 from ftpprobe.rules import RULES, RunFacts, decide
 from ftpprobe.rules.packets import hop_reading
 from ftpprobe.codec import Reply
@@ -43,6 +44,18 @@ def test_parse_segment_and_icmp_quote():
     assert short.quoted.seq == 1000 and short.quoted.payload == b""
     assert quote_state(seg.payload, short.quoted) == "not-quoted"
     assert quote_state(seg.payload, err.quoted) == "as-sent"
+
+
+def test_a_line_is_acknowledged_only_by_its_own_connection():
+    seq, line = 4_000_000_000, b"PORT 10,0,0,2,1,2\r\n"  # the end wraps past 2**32
+    end = (seq + len(line)) % 2**32
+    other = Segment(0.1, PEER[0], LOCAL[0], PEER[1], LOCAL[1] + 1, 7, end + 10, ACK, 502, 62, 1)
+    before = Segment(0.2, PEER[0], LOCAL[0], PEER[1], LOCAL[1], 7, seq, ACK, 502, 62, 2)
+    ours = Segment(0.3, PEER[0], LOCAL[0], PEER[1], LOCAL[1], 7, end, ACK, 502, 62, 3)
+    sent = Segment(0.25, LOCAL[0], PEER[0], LOCAL[1], PEER[1], seq, 7, PSH | ACK, 502, 64, 4, line)
+    # Another session to the same server port, whose ACK number would cover the line: not ours.
+    assert acknowledged_at([other, before, sent], LOCAL, PEER, seq, len(line)) is None
+    assert acknowledged_at([other, before, sent, ours], LOCAL, PEER, seq, len(line)) == 0.3
 
 
 def from_peer(t, flags, ttl, ip_id, window=502):
