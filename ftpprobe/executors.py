@@ -831,8 +831,8 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
     samples.clear()  # this probe's samples only
     errors: list[str] = []
     order = itertools.count()
-    remaining = [ctx.samples]
-    transient_left = [max(3, ctx.samples // 4)]  # 4xx replies tolerated before giving up
+    remaining = ctx.samples
+    transient_left = max(3, ctx.samples // 4)  # 4xx replies tolerated before giving up
     workers = max(1, min(ctx.max_sessions, ctx.limiter.total_tokens, -(-ctx.samples // SAMPLES_PER_SESSION)))
     pipeline = max(1, ctx.pipeline)
 
@@ -841,23 +841,25 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
         ctx.progress("passive samples", len(samples), ctx.samples)
 
     async def worker(index: int) -> None:
+        nonlocal remaining, transient_left
         # Next write while a data connection is in flight: only when pipelining (a raced
         # failure is asked again, which draws a new port; --pipeline 1 tries every one).
-        overlap = [pipeline > 1]
-        in_flight = [0]
+        overlap = pipeline > 1
+        in_flight = 0
         retest: list[str] = []  # verbs whose raced connection failed: ask again, unraced
 
         async def connect(sample: PassiveSample, sock, host: str, raced: bool) -> None:
             # A raced connection was counted in ``in_flight`` by the caller, before
             # start_soon: a task not yet started must still keep the session's loop going.
+            nonlocal remaining, overlap, in_flight
             try:
                 result = await finish_connect(sock, host, sample.port, ctx.timeout)
             finally:
-                in_flight[0] -= raced
+                in_flight -= raced
             if not result.connected and raced:
-                overlap[0] = False
+                overlap = False
                 retest.append(sample.command)
-                remaining[0] += 1
+                remaining += 1
                 sample.error = f"not counted (a later PASV/EPSV was in flight and may have closed it): {result.error}"
             else:
                 sample.reachable, sample.error = result.connected, result.error
@@ -867,17 +869,17 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
             async with ctx.session(login=probe.login) as s, trio.open_nursery() as nursery:
                 verbs = ["PASV", "EPSV"] if s.peer_address.version == 4 else ["EPSV"]
                 turn = 0
-                while remaining[0] > 0 or in_flight[0]:
-                    if remaining[0] <= 0:
+                while remaining > 0 or in_flight:
+                    if remaining <= 0:
                         await trio.sleep(0.01)  # a raced connection may still ask for a retest
                         continue
                     if retest:
                         k, commands = 1, [Command(retest.pop())]
                     else:
-                        k = 1 if turn == 0 else min(pipeline, remaining[0])
+                        k = 1 if turn == 0 else min(pipeline, remaining)
                         commands = [Command(verbs[(turn + j) % len(verbs)]) for j in range(k)]
                         turn += k
-                    remaining[0] -= k
+                    remaining -= k
                     exchanges = await s.exchange_pipelined(commands)
                     last_sample: PassiveSample | None = None
                     for cmd, ex in zip(commands, exchanges):
@@ -885,15 +887,15 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                         if ex.reply is None:
                             errors.append(f"session {index}: {ex.describe()}")
                             return
-                        if _transient(ex) and transient_left[0] > 0:
-                            transient_left[0] -= 1
-                            remaining[0] += 1  # not a sample: ask again after a pause
+                        if _transient(ex) and transient_left > 0:
+                            transient_left -= 1
+                            remaining += 1  # not a sample: ask again after a pause
                             continue
                         if ex.reply.code not in (227, 229):
                             if cmd.verb == "EPSV" and len(verbs) > 1:
                                 if "EPSV" in verbs:
                                     verbs.remove("EPSV")
-                                remaining[0] += 1  # the refused EPSV does not count as a sample
+                                remaining += 1  # the refused EPSV does not count as a sample
                                 continue
                             errors.append(f"session {index}: {ex.describe()}")
                             return
@@ -916,9 +918,9 @@ async def run_pasv_map(ctx: ProbeContext, probe: Probe) -> PassiveMapObs:
                         continue
                     host = passive_target(s.peer_address, last_address, trust_pasv_address=ctx.trust_pasv_address)
                     sock = start_connect(host, last_sample.port)  # the SYN leaves before the next write
-                    raced = overlap[0] and remaining[0] > 0 and not in_flight[0]
+                    raced = overlap and remaining > 0 and not in_flight
                     if raced:
-                        in_flight[0] += 1
+                        in_flight += 1
                         nursery.start_soon(connect, last_sample, sock, host, True)
                     else:
                         await connect(last_sample, sock, host, False)

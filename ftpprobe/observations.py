@@ -164,7 +164,7 @@ class DataOutcome:
     def describe(self) -> str:
         """One evidence line: where it went, and connected or why not."""
         return f"data connection to {self.host} port {self.port}: " + (
-            "connected" if self.connected else f"failed ({self.error})")
+            "connected" if self.connected else f"failed ({self.error or 'no reason given'})")
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
     started = time.monotonic()
     if max_sessions is not None and max_sessions < 1:
         raise FtpProbeError(f"max_sessions must be at least 1 (got {max_sessions})")
-    if not isinstance(pipeline, int) or not 1 <= pipeline <= MAX_PIPELINE:
+    if isinstance(pipeline, bool) or not isinstance(pipeline, int) or not 1 <= pipeline <= MAX_PIPELINE:
         raise FtpProbeError(f"pipeline must be a whole number from 1 to {MAX_PIPELINE} (got {pipeline!r})")
     auto = max_sessions is None
     # auto: the session-limit probe (exclusive, first) may hold AUTO_SESSIONS;

@@ -198,3 +198,13 @@ async def test_a_real_password_is_sent_only_after_331(scenario):
             await s.aclose()
     assert not s.password_sent
     assert not any(b"s3cret" in line for line in server.lines)
+
+
+@pytest.mark.parametrize("pipeline", [0, 17, True, 2.0, "6"])
+def test_run_probes_refuses_a_pipeline_that_is_not_a_whole_number_from_1_to_16(pipeline):
+    import trio
+
+    from ftpprobe.errors import FtpProbeError
+
+    with pytest.raises(FtpProbeError, match="pipeline must be a whole number from 1 to 16"):
+        trio.run(lambda: run_probes(Target("127.0.0.1", 9), pipeline=pipeline))

@@ -892,14 +892,13 @@ def _passive_state(obs: ReflectPassiveObs) -> tuple[str, str]:
     if obs.advertised is None or obs.data is None:
         return "undecided", f"{obs.probe}: {ex.describe()}: no data connection was attempted"
     data = obs.data
-    target = show_address((data.host, data.port))
+    line = f"{obs.probe}: {data.describe()}"
     if data.connected:
-        return "connected", f"{obs.probe}: data connection to {target} connected"
+        return "connected", line
     if obs.declared is not None and obs.declared[1] != obs.advertised[1]:
-        return "undecided", (f"{obs.probe}: data connection to {target} failed ({data.error or 'no reason'}), but "
-                             f"the reply was rewritten on its way (the reflector declared port {obs.declared[1]}): "
-                             "the connection went to another port than the reflector's")
-    return "failed", f"{obs.probe}: data connection to {target} failed ({data.error or 'no reason given'})"
+        return "undecided", (f"{line}, but the reply was rewritten on its way (the reflector declared port "
+                             f"{obs.declared[1]}): the connection went to another port than the reflector's")
+    return "failed", line
 
 
 @rule("path.passive-blocked", reads=PASSIVE_PROBES)
