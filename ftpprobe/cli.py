@@ -239,6 +239,8 @@ def _pcap(path: str | None, target: Target):
 
     Without root or CAP_NET_RAW it says so on stderr and the run
     goes on as without ``--pcap``: the capture is evidence, not the probe.
+    Packets the file misses (dropped, past the cap, not written) are said
+    on stderr at the end.
     """
     cap = None
     if path:
@@ -255,6 +257,8 @@ def _pcap(path: str | None, target: Target):
     finally:
         if cap is not None:
             cap.stop()
+            if cap.losses():
+                click.echo(f"ftpprobe: {path} is incomplete: {cap.losses()}", err=True)
 
 
 def pcap_option(fn):

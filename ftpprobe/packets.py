@@ -21,6 +21,7 @@ What is here:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import select
 import socket
@@ -157,11 +158,16 @@ def _quoted(data: bytes) -> Quoted | None:
 def parse_ipv4(data: bytes, when: float = 0.0) -> Segment | IcmpError | None:
     """Read one raw IPv4 packet: a TCP :class:`Segment`, an ICMP error
     (type 3 or 11) as :class:`IcmpError`, or ``None`` for anything else or
-    a packet too short to read.  Trailing link-layer padding is ignored."""
+    a packet too short to read.  Trailing link-layer padding is ignored; an
+    IP total length of 0 (a TSO or BIG TCP packet, RFC 2675's IPv4
+    counterpart) means "the whole packet"; a fragment other than the first
+    (its bytes are not a TCP or ICMP header) is ``None``."""
     if len(data) < 20 or data[0] >> 4 != 4:
         return None
+    if struct.unpack_from("!H", data, 6)[0] & 0x1FFF:
+        return None
     ihl = (data[0] & 0x0F) * 4
-    total = min(struct.unpack_from("!H", data, 2)[0], len(data))
+    total = min(struct.unpack_from("!H", data, 2)[0] or len(data), len(data))
     ip_id = struct.unpack_from("!H", data, 4)[0]
     ttl, proto = data[8], data[9]
     src, dst = socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20])
@@ -278,14 +284,21 @@ def attribute_resets(segments: Sequence[Segment], peer: tuple[str, int], local: 
 #: interface (``packet(7)``, ``linux/if_arp.h``): loopback shows every packet
 #: twice, as sent and as received.
 PACKET_OUTGOING, ARPHRD_LOOPBACK = 4, 772
-#: ``SOL_PACKET``, ``PACKET_STATISTICS`` (``packet(7)``): the packets the kernel
-#: had for the socket and those it dropped (a full receive buffer).
+#: The ``sll_protocol`` (EtherType) of IPv4 and IPv6 packets.
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+#: ``SOL_PACKET``, ``PACKET_STATISTICS`` (``packet(7)``): the packets the
+#: kernel filter passed and those dropped for a full receive buffer.
 SOL_PACKET, PACKET_STATISTICS = 263, 6
-#: Bytes asked for by each read: more than the largest IP packet (loopback and
-#: GRO/GSO hand over packets of up to 64 KiB).
-READ_SIZE = 1 << 17
+#: ``SO_ATTACH_FILTER`` and ``SO_TIMESTAMPNS`` (``socket(7)``; Linux numbers).
+SO_ATTACH_FILTER, SO_TIMESTAMPNS = 26, 35
+#: Bytes kept of each packet (the kernel filter's snap length) and read at
+#: most: more than a GSO/GRO packet (64 KiB), less than a BIG TCP one can be
+#: (those are counted as truncated; their headers are still read).
+READ_SIZE = 1 << 18
 #: Receive buffer asked for (the kernel caps it at ``net.core.rmem_max``).
 RECEIVE_BUFFER = 4 << 20
+#: Seconds :meth:`Capture.stop` reads what was queued before it was called.
+STOP_DRAIN = 0.5
 #: pcap link type of raw IP packets, IPv4 or IPv6 (no link-layer header).
 LINKTYPE_RAW = 101
 
@@ -293,7 +306,7 @@ LINKTYPE_RAW = 101
 def bpf_filter(host: str, port: int | None = None, *, icmp: bool = False, any_protocol: bool = False) -> str:
     """The capture filter, in tcpdump syntax: TCP (or any protocol) to or from
     ``host`` (and ``port``), plus ICMP errors when ``icmp``.  Names what
-    :func:`packet_filter` keeps."""
+    :func:`packet_filter` and :func:`bpf_program` keep."""
     main = f"host {host}" if any_protocol else f"tcp and host {host}" + (f" and port {port}" if port else "")
     return f"({main}) or icmp" if icmp else main
 
@@ -303,10 +316,11 @@ def packet_filter(host: str, port: int | None = None, *, icmp: bool = False,
     """The predicate of :func:`bpf_filter` on one raw IP packet (``bytes``
     from its IP header on; IPv4 or IPv6 by its version nibble).
 
-    ``icmp`` keeps every IPv4 ICMP packet, as tcpdump's ``icmp`` does; TCP
-    ports are read after a fixed IPv6 header (no extension headers), as
-    tcpdump's ``ip6 proto`` does.  Short or non-IP packets are not kept.
-    Raises ``ValueError`` if ``host`` is not an IP address.
+    As tcpdump reads the expression: ``icmp`` keeps every IPv4 ICMP packet;
+    ports are read only from the first fragment of an IPv4 packet, and after
+    a fixed IPv6 header (no extension headers, as ``ip6 proto``).  Short or
+    non-IP packets are not kept.  Raises ``ValueError`` if ``host`` is not an
+    IP address.
     """
     wanted = ipaddress.ip_address(host).packed
 
@@ -316,26 +330,130 @@ def packet_filter(host: str, port: int | None = None, *, icmp: bool = False,
             proto, src, dst, ports_at = data[9], data[12:16], data[16:20], (data[0] & 0x0F) * 4
             if icmp and proto == 1:
                 return True
+            later_fragment = bool(struct.unpack_from("!H", data, 6)[0] & 0x1FFF)
         elif version == 6 and len(data) >= 40:
-            proto, src, dst, ports_at = data[6], data[8:24], data[24:40], 40
+            proto, src, dst, ports_at, later_fragment = data[6], data[8:24], data[24:40], 40, False
         else:
             return False
         if wanted != src and wanted != dst:
             return False
         if any_protocol:
             return True
-        if proto != 6 or len(data) < ports_at + 4:
+        if proto != 6 or later_fragment or len(data) < ports_at + 4:
             return False
         return port is None or port in struct.unpack_from("!HH", data, ports_at)
 
     return keep
 
 
+def bpf_program(host: str, port: int | None = None, *, icmp: bool = False,
+                any_protocol: bool = False) -> list[tuple[int, int, int, int]]:
+    """:func:`packet_filter` as a classic BPF program for an ``AF_PACKET``
+    datagram socket (offsets from the IP header; the EtherType from the
+    kernel's ``SKF_AD_PROTOCOL``), so the kernel drops what is not kept
+    before it costs a read: a list of ``(code, jt, jf, k)`` instructions
+    (``linux/filter.h``), returning :data:`READ_SIZE` bytes of a packet kept
+    and 0 otherwise.  Raises ``ValueError`` if ``host`` is not an IP address.
+    """
+    address = ipaddress.ip_address(host)
+    words = struct.unpack(f"!{len(address.packed) // 4}I", address.packed)
+    code: list[tuple] = []  # instructions, with label names for jump targets
+    at: dict[str, int] = {}
+
+    def label(name: str) -> None:
+        at[name] = len(code)
+
+    def op(opcode: int, k: int = 0, jt: str | None = None, jf: str | None = None) -> None:
+        code.append((opcode, jt, jf, k))
+
+    LD_W, LD_H, LD_B, LD_H_IND, LDX_IHL = 0x20, 0x28, 0x30, 0x48, 0xB1
+    JEQ, JSET, RET = 0x15, 0x45, 0x06
+    op(LD_W, 0xFFFFF000)  # SKF_AD_OFF + SKF_AD_PROTOCOL: the EtherType
+    op(JEQ, ETH_P_IP, "v4", None)
+    op(JEQ, ETH_P_IPV6, "v6", "drop")
+    label("v4")
+    if icmp:
+        op(LD_B, 9)
+        op(JEQ, 1, "keep", None)
+    if address.version == 4:
+        op(LD_W, 12)
+        op(JEQ, words[0], "v4 host", None)
+        op(LD_W, 16)
+        op(JEQ, words[0], "v4 host", "drop")
+        label("v4 host")
+        if any_protocol:
+            op(RET, READ_SIZE)
+        op(LD_B, 9)
+        op(JEQ, 6, None, "drop")
+        op(LD_H, 6)
+        op(JSET, 0x1FFF, "drop", None)  # a later fragment: no ports to read
+        if port is None:
+            op(RET, READ_SIZE)
+        else:
+            op(LDX_IHL, 0)
+            op(LD_H_IND, 0)
+            op(JEQ, port, "keep", None)
+            op(LD_H_IND, 2)
+            op(JEQ, port, "keep", "drop")
+    else:
+        op(RET, 0)
+    label("v6")
+    if address.version == 6:
+        for side, offset in (("src", 8), ("dst", 24)):
+            label(f"v6 {side}")
+            for i, word in enumerate(words):
+                op(LD_W, offset + 4 * i)
+                last = i == len(words) - 1
+                op(JEQ, word, "v6 host" if last else None, "v6 dst" if side == "src" else "drop")
+        label("v6 host")
+        if any_protocol:
+            op(RET, READ_SIZE)
+        op(LD_B, 6)
+        op(JEQ, 6, None, "drop")
+        if port is None:
+            op(RET, READ_SIZE)
+        else:
+            op(LD_H, 40)
+            op(JEQ, port, "keep", None)
+            op(LD_H, 42)
+            op(JEQ, port, "keep", "drop")
+    label("drop")
+    op(RET, 0)
+    label("keep")
+    op(RET, READ_SIZE)
+    program = []
+    for i, (opcode, jt, jf, k) in enumerate(code):
+        program.append((opcode, at[jt] - i - 1 if jt else 0, at[jf] - i - 1 if jf else 0, k))
+    return program
+
+
+def attach_bpf(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """Attach ``program`` (:func:`bpf_program`) to ``sock`` (``SO_ATTACH_FILTER``,
+    ``socket(7)``).  Raises ``OSError`` when the kernel refuses it."""
+    raw = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(raw, len(raw))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def _flow(data: bytes) -> tuple:
+    """A raw IP packet's flow, one direction: addresses, protocol and, for
+    TCP and UDP (IPv4 first fragments, IPv6 without extension headers), ports."""
+    if data[0] >> 4 == 4:
+        proto, ends, ports_at = data[9], data[12:20], (data[0] & 0x0F) * 4
+        if struct.unpack_from("!H", data, 6)[0] & 0x1FFF:
+            return (ends, proto)
+    else:
+        proto, ends, ports_at = data[6], data[8:40], 40
+    return (ends, proto, data[ports_at:ports_at + 4]) if proto in (6, 17) else (ends, proto)
+
+
 class Capture:
     """Capture the IP packets of one peer: an ``AF_PACKET`` datagram socket
-    (``packet(7)``: every interface, link-layer header removed) read by a
-    thread of its own, each packet filtered and read here
-    (:func:`packet_filter`, :func:`parse_ipv4`).
+    (``packet(7)``: every interface, link-layer header removed) with a
+    kernel filter (:func:`bpf_program`), read by a thread of its own, each
+    packet checked again and read here (:func:`packet_filter`,
+    :func:`parse_ipv4`) and stamped with the kernel's receive time.
 
     Not scapy's sniffer: where no libpcap compiles BPF it dissects every
     packet of the interface into layers before any filter runs, which cost
@@ -345,12 +463,13 @@ class Capture:
     ``host``/``port``: the peer (``port`` None: any port); ``icmp``: also
     ICMP errors (for time-exceeded replies); ``any_protocol``: everything to
     or from ``host``; ``pcap``: write the packets to this file as they
-    arrive (pcap, raw IP).  Packets count only on the interface that carried
-    the first packet to or from ``host`` (a bridge and its port show each
-    packet twice), and a loopback interface's outgoing copies are skipped.
-    :meth:`start` and :meth:`stop` block briefly (an ``open``, a thread
-    ``join``); :attr:`segments` and :attr:`icmp_errors` grow while it runs.
-    Raises :class:`CaptureError` from :meth:`start`.
+    arrive (pcap, raw IP).  A packet counts on the first interface its flow
+    (addresses, ports, direction) was seen on: a bridge and its port show
+    each packet twice, while a reply may come in on another interface than
+    its request left by; a loopback interface's outgoing copies are
+    skipped.  :meth:`start` and :meth:`stop` block briefly (an ``open``, a
+    thread ``join``); :attr:`segments` and :attr:`icmp_errors` grow while
+    it runs.  Raises :class:`CaptureError` from :meth:`start`.
     """
 
     def __init__(self, host: str, port: int | None = None, *, icmp: bool = False, any_protocol: bool = False,
@@ -358,83 +477,130 @@ class Capture:
         self.host, self.port, self.icmp, self.any_protocol, self.pcap = host, port, icmp, any_protocol, pcap
         self.segments: list[Segment] = []
         self.icmp_errors: list[IcmpError] = []
-        self.packets = 0
-        self.dropped = 0
-        self.kernel_drops = 0
-        self.interface = ""
+        self.interfaces: set[str] = set()
+        #: Packets kept; those past MAX_PACKETS (counted, not kept); those the
+        #: kernel dropped (a full buffer); those cut at READ_SIZE; pcap writes that failed.
+        self.packets = self.over_cap = self.kernel_drops = self.truncated = self.write_errors = 0
+        self.kernel_filter = False
+        self.error = ""
         self._keep = packet_filter(host, port, icmp=icmp, any_protocol=any_protocol)
-        self._to_or_from_host = packet_filter(host, any_protocol=True)
+        self._flows: dict[tuple, str] = {}
         self._socket: socket.socket | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
         self._writer = None
-        self._clock = time.monotonic
+        # Kernel receive times are wall-clock; the segments keep time.monotonic()'s scale.
+        self._to_monotonic = time.monotonic() - time.time()
 
     @property
     def filter_note(self) -> str:
-        """What was captured and how: the filter, the interface, the packets
-        kept, and the kernel's drops when there were any."""
-        where = f"on {self.interface}" if self.interface else "(no packet matched)"
-        note = f"filter '{bpf_filter(self.host, self.port, icmp=self.icmp, any_protocol=self.any_protocol)}' " \
-               f"{where}: {self.packets} packets"
-        return note + (f", {self.kernel_drops} dropped by the kernel" if self.kernel_drops else "")
+        """What was captured and how: the filter and where it ran, the
+        interfaces, the packets kept, and :meth:`losses`."""
+        text = bpf_filter(self.host, self.port, icmp=self.icmp, any_protocol=self.any_protocol)
+        where = "in the kernel" if self.kernel_filter else "in Python (the kernel refused the BPF filter)"
+        on = f"on {', '.join(sorted(self.interfaces))}" if self.interfaces else "(no packet matched)"
+        losses = self.losses()
+        return f"filter '{text}' {where} {on}: {self.packets} packets" + (f"; lost: {losses}" if losses else "")
+
+    def losses(self) -> str:
+        """The packets (or bytes) the capture is missing, in words; "" when none."""
+        missing = [f"{n} {what}" for n, what in (
+            (self.kernel_drops, "dropped by the kernel (receive buffer full)"),
+            (self.over_cap, f"past the cap of {MAX_PACKETS} packets"),
+            (self.truncated, f"cut at {READ_SIZE} bytes"),
+            (self.write_errors, "not written to the pcap file")) if n]
+        return ", ".join(missing + ([f"the capture stopped early: {self.error}"] if self.error else []))
 
     def start(self) -> None:
         """Open the capture socket (packets are queued for it from then on),
-        the pcap file when asked, and start the reading thread."""
+        the pcap file when asked, and start the reading thread.  On any
+        failure everything opened is closed again and :class:`CaptureError`
+        raised."""
         problem = permission_problem()
         if problem:
             raise CaptureError(problem)
-        if self.pcap:
-            self._writer = _pcap_writer(self.pcap)
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-        except OSError as exc:
+            if self.pcap:
+                self._writer = _pcap_writer(self.pcap)
+            self._socket = sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+            self._wake = socket.socketpair()
+            with contextlib.suppress(OSError):  # a smaller buffer only risks drops, which are counted
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            try:
+                attach_bpf(sock, bpf_program(self.host, self.port, icmp=self.icmp, any_protocol=self.any_protocol))
+                self.kernel_filter = True
+            except OSError:
+                pass  # every packet then reaches packet_filter, which decides the same
+            self._thread = threading.Thread(target=self._read, args=(sock, self._wake[1]),
+                                            name="ftpprobe capture", daemon=True)
+            self._thread.start()
+        except BaseException as exc:
             self.stop()
-            raise CaptureError(f"cannot open a packet capture: {exc.strerror or exc}") from None
-        with contextlib.suppress(OSError):  # a smaller buffer only risks drops, which are counted
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        self._socket, self._wake = sock, socket.socketpair()
-        self._thread = threading.Thread(target=self._read, args=(sock, self._wake[1]),
-                                        name="ftpprobe capture", daemon=True)
-        self._thread.start()
+            if isinstance(exc, CaptureError):
+                raise
+            if isinstance(exc, (OSError, RuntimeError)):
+                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise CaptureError(f"cannot open a packet capture: {detail}") from None
+            raise
 
     def _read(self, sock: socket.socket, wake: socket.socket) -> None:
-        """The reading thread: every queued packet, until woken by :meth:`stop`
-        (the packets queued by then are read too)."""
-        stopping = False
-        while not stopping:
-            readable, _, _ = select.select([sock, wake], [], [])
-            stopping = wake in readable
-            while True:
+        """The reading thread: every packet as it is queued, until woken by
+        :meth:`stop`; then what was queued by then (for :data:`STOP_DRAIN` s at most)."""
+        poller = select.poll()  # not select(): no FD_SETSIZE limit on the descriptor numbers
+        poller.register(sock, select.POLLIN)
+        poller.register(wake, select.POLLIN)
+        ancillary = socket.CMSG_SPACE(16)  # one struct timespec
+        until = None
+        try:
+            while until is None or time.monotonic() < until:
+                if until is None and any(fd == wake.fileno() for fd, _ in poller.poll()):
+                    until = time.monotonic() + STOP_DRAIN
                 try:
-                    data, address = sock.recvfrom(READ_SIZE, socket.MSG_DONTWAIT)
+                    data, ancdata, flags, address = sock.recvmsg(READ_SIZE, ancillary, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
+                    if until is not None:
+                        return
+                    continue
+                if self._stopped.is_set():
                     return
-                self._take(data, address[0], address[2], address[3])
+                when = None
+                for level, kind, value in ancdata:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                        seconds, nanoseconds = struct.unpack_from("qq", value)
+                        when = seconds + nanoseconds / 1e9 + self._to_monotonic
+                if flags & socket.MSG_TRUNC:
+                    self.truncated += 1
+                if address[1] in (ETH_P_IP, ETH_P_IPV6):
+                    self.take(data, address[0], address[2], address[3], when)
+        except Exception as exc:  # noqa: BLE001 -- said in filter_note, never lost silently
+            self.error = str(exc) or type(exc).__name__
 
-    def _take(self, data: bytes, interface: str, pkttype: int, hatype: int) -> None:
-        """Keep one packet read from ``interface`` if it passes the filter."""
+    def take(self, data: bytes, interface: str, pkttype: int = 0, hatype: int = 0,
+             when: float | None = None) -> None:
+        """Keep one IP packet (``bytes`` from its IP header on) read from
+        ``interface`` if it passes the filter and its flow was not seen on
+        another interface first.  ``pkttype``/``hatype``: its ``sll_pkttype``
+        and ``sll_hatype``; ``when``: its receive time (``time.monotonic()``
+        seconds; now when None).  Called by the reading thread."""
         if (hatype == ARPHRD_LOOPBACK and pkttype == PACKET_OUTGOING) or not self._keep(data):
             return
-        if interface != self.interface:
-            if self.interface or not self._to_or_from_host(data):
-                return
-            self.interface = interface
+        if self._flows.setdefault(_flow(data), interface) != interface:
+            return
+        self.interfaces.add(interface)
+        if self.packets >= MAX_PACKETS:
+            self.over_cap += 1
+            return
         self.packets += 1
-        if self.packets > MAX_PACKETS:
-            self.dropped += 1
-            return
-        try:
-            if self._writer is not None:
-                seconds = time.time()
+        when = time.monotonic() if when is None else when
+        if self._writer is not None:
+            try:
+                seconds = when - self._to_monotonic
                 self._writer.write_packet(data, sec=int(seconds), usec=int(seconds % 1 * 1e6))
-            parsed = parse_ipv4(data, self._clock())
-        except Exception:  # noqa: BLE001 -- one odd packet (or a full disk) must not end the capture
-            self.dropped += 1
-            return
+            except Exception:  # noqa: BLE001 -- a full disk ends the file, not the capture
+                self.write_errors += 1
+        parsed = parse_ipv4(data, when)
         if isinstance(parsed, Segment):
             self.segments.append(parsed)
         elif isinstance(parsed, IcmpError):
@@ -442,7 +608,8 @@ class Capture:
 
     def stop(self) -> None:
         """Read what is queued, stop the thread (joined within
-        :data:`STOP_WAIT` s), close the socket and the pcap file.  Never raises."""
+        :data:`STOP_WAIT` s; it keeps nothing after), close the socket and
+        the pcap file.  Never raises."""
         sock, self._socket = self._socket, None
         wake, self._wake = self._wake, None
         thread, self._thread = self._thread, None
@@ -451,6 +618,7 @@ class Capture:
                 wake[0].send(b"x")
         if thread is not None:
             thread.join(STOP_WAIT)
+        self._stopped.set()
         if sock is not None:
             with contextlib.suppress(OSError, struct.error):
                 self.kernel_drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]

@@ -6,12 +6,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
-from ftpprobe.packets import ACK, FIN, SYN, Capture, bpf_filter, packet_filter, permission_problem
+from ftpprobe.packets import (ACK, ARPHRD_LOOPBACK, FIN, PACKET_OUTGOING, SYN, Capture, bpf_filter, packet_filter,
+                              parse_ipv4, permission_problem)
 
 HOST, OTHER = "192.0.2.10", "198.51.100.7"
 
@@ -83,13 +85,14 @@ def test_a_loopback_capture_holds_each_segment_once_in_order(tmp_path):
     finally:
         cap.stop()
     segments = cap.connection(local, ("127.0.0.1", port))
-    assert cap.interface == "lo" and all(port in (s.sport, s.dport) for s in cap.segments)
+    assert cap.interfaces == {"lo"} and cap.kernel_filter and all(port in (s.sport, s.dport) for s in cap.segments)
     syns = [s for s in segments if s.flags & SYN]
     assert [(s.sport, s.flags & (SYN | ACK)) for s in syns] == [(local[1], SYN), (port, SYN | ACK)]
     payloads = [s.payload for s in segments if s.payload]
     assert payloads == [b"NOOP\r\n", b"NOOP\r\n"]  # once each way: loopback's outgoing copies skipped
     assert sum(1 for s in segments if s.flags & FIN) == 2
-    assert f"on lo: {cap.packets} packets" in cap.filter_note and cap.packets == len(cap.segments)
+    assert cap.filter_note.endswith(f"in the kernel on lo: {cap.packets} packets")
+    assert cap.packets == len(cap.segments)
 
     from scapy.all import TCP as ScapyTCP, Raw, rdpcap
 
@@ -107,3 +110,167 @@ def test_an_empty_capture_writes_a_valid_pcap_file(tmp_path):
 
     assert len(rdpcap(str(tmp_path / "empty.pcap"))) == 0
     assert cap.filter_note.endswith("(no packet matched): 0 packets")
+
+
+def test_fragments_and_tso_packets_as_tcpdump_reads_them():
+    from scapy.layers.inet import fragment
+
+    whole = IP(src="10.0.0.2", dst=HOST) / TCP(sport=40000, dport=2121, flags="PA") / (b"\x00\x15" * 400)
+    first, later = fragment(whole, fragsize=400)[:2]
+    keep = packet_filter(HOST, 21)
+    # A later fragment's bytes are payload, not ports: here they read as port 21, and are not kept.
+    assert bytes(later)[20:22] == b"\x00\x15" and not keep(bytes(later))
+    assert parse_ipv4(bytes(later)) is None and parse_ipv4(bytes(first)).dport == 2121
+    assert packet_filter(HOST, any_protocol=True)(bytes(later))  # "host" alone keeps every fragment
+    # An IP total length of 0 (a TSO/BIG TCP packet handed to a capture whole): the whole packet.
+    big = bytearray(bytes(IP(src=HOST, dst="10.0.0.2") / TCP(sport=21, dport=40000) / (b"x" * 1000)))
+    big[2:4] = b"\x00\x00"
+    assert len(parse_ipv4(bytes(big)).payload) == 1000
+
+
+def test_a_flow_counts_on_the_first_interface_it_was_seen_on():
+    cap = Capture(HOST, 21)
+    ours_out = bytes(IP(src="10.0.0.2", dst=HOST) / TCP(sport=40000, dport=21, flags="S"))
+    ours_in = bytes(IP(src=HOST, dst="10.0.0.2") / TCP(sport=21, dport=40000, flags="SA"))
+    forwarded = bytes(IP(src="192.168.1.5", dst=HOST) / TCP(sport=50000, dport=21, flags="S"))
+    cap.take(forwarded, "lan0")  # a LAN client's session to the same server, seen first on the LAN side
+    cap.take(ours_out, "br0", PACKET_OUTGOING)
+    cap.take(ours_out, "eth0", PACKET_OUTGOING)  # the bridge's port shows it again
+    cap.take(ours_in, "wan2")  # the reply comes back by another uplink
+    cap.take(ours_in, "br0")
+    assert [(s.src, s.sport) for s in cap.segments] == [("192.168.1.5", 50000), ("10.0.0.2", 40000), (HOST, 21)]
+    assert cap.interfaces == {"lan0", "br0", "wan2"} and cap.packets == 3
+    cap.take(ours_out, "lo", PACKET_OUTGOING, ARPHRD_LOOPBACK)  # loopback's outgoing copy
+    assert cap.packets == 3
+
+
+def _icmp_echo(host: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+        raw.sendto(bytes(ICMP(type=8, id=0x4242, seq=1)), (host, 0))
+
+
+@needs_capture
+@pytest.mark.parametrize("host, options", [
+    ("127.0.0.1", dict()), ("127.0.0.1", dict(icmp=True)), ("127.0.0.1", dict(any_protocol=True)),
+    ("127.0.0.1", dict(port=None)), ("::1", dict()), ("::1", dict(any_protocol=True)),
+], ids=["v4-port", "v4-port-icmp", "v4-host", "v4-tcp", "v6-port", "v6-host"])
+def test_the_kernel_filter_keeps_what_the_python_filter_keeps(host, options):
+    from ftpprobe.packets import ETH_P_ALL, attach_bpf, bpf_program
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listeners = [socket.create_server((host, 0), family=family) for _ in range(2)]
+    except OSError as exc:
+        pytest.skip(f"no {host} here: {exc}")
+    port = listeners[0].getsockname()[1]
+    options = {"port": port, **options}
+    sockets = []
+    for with_filter in (False, True):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        if with_filter:
+            attach_bpf(sock, bpf_program(host, **options))
+        sockets.append(sock)
+    for sock in sockets:  # what was queued before the filter was attached
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.recv(1 << 18)
+            except BlockingIOError:
+                break
+    for listener in listeners:  # TCP to the probed port and to another one, and UDP to the probed one
+        with socket.create_connection(listener.getsockname()[:2]) as client:
+            client.sendall(b"NOOP\r\n")
+    with socket.socket(family, socket.SOCK_DGRAM) as udp:
+        udp.sendto(b"x", (host, port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.3", 0))
+        udp.sendto(b"x", ("127.0.0.2", 9))  # between two other hosts
+    if family == socket.AF_INET:
+        _icmp_echo(host)
+    time.sleep(0.2)
+    seen = []
+    for sock in sockets:
+        packets = []
+        while True:
+            try:
+                data, address = sock.recvfrom(1 << 18)
+            except BlockingIOError:
+                break
+            if not (address[3] == ARPHRD_LOOPBACK and address[2] == PACKET_OUTGOING):
+                packets.append(data)
+        sock.close()
+        seen.append(packets)
+    everything, filtered = seen
+    keep = packet_filter(host, **options)
+    assert filtered == [p for p in everything if keep(p)]
+    assert len(filtered) >= 4 and len(everything) > len(filtered)  # it kept some and dropped some
+
+
+@needs_capture
+def test_packet_times_are_the_kernels_not_when_python_read_them():
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel answers for it: no accept() needed
+    port = listener.getsockname()[1]
+    sender = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys, time\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}))\n"
+        "sys.stdin.readline()\n"
+        "for i in range(5):\n"
+        "    s.sendall(b'NOOP\\r\\n'); time.sleep(0.1)\n")], stdin=subprocess.PIPE)
+    cap = Capture("127.0.0.1", port)
+    cap.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5)  # the reading thread gets no turn while this thread computes
+    try:
+        sender.stdin.write(b"go\n")
+        sender.stdin.flush()
+        until = time.monotonic() + 0.8
+        while time.monotonic() < until:
+            pass
+    finally:
+        sys.setswitchinterval(interval)
+        sender.wait(5)
+        cap.stop()
+        listener.close()
+    times = [s.time for s in cap.segments if s.payload]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == 5 and all(0.08 < gap < 0.3 for gap in gaps), gaps
+
+
+@needs_capture
+def test_a_capture_that_cannot_start_closes_what_it_opened(monkeypatch, tmp_path):
+    import os
+
+    from ftpprobe.packets import CaptureError
+
+    before = sorted(os.listdir("/proc/self/fd"))
+
+    def out_of_descriptors():
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(socket, "socketpair", out_of_descriptors)
+    cap = Capture("127.0.0.1", 9, pcap=str(tmp_path / "x.pcap"))
+    with pytest.raises(CaptureError, match="cannot open a packet capture: Too many open files"):
+        cap.start()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+@needs_capture
+def test_packets_past_the_cap_are_counted_and_said(monkeypatch, tmp_path):
+    from scapy.all import rdpcap
+
+    import ftpprobe.packets
+
+    monkeypatch.setattr(ftpprobe.packets, "MAX_PACKETS", 3)
+    listener = socket.create_server(("127.0.0.1", 0))
+    cap = Capture("127.0.0.1", listener.getsockname()[1], pcap=str(tmp_path / "cap.pcap"))
+    cap.start()
+    try:
+        with socket.create_connection(listener.getsockname()) as client:
+            client.sendall(b"NOOP\r\n")
+            time.sleep(0.05)
+    finally:
+        cap.stop()
+        listener.close()
+    assert cap.packets == 3 and cap.over_cap >= 2  # SYN, SYN-ACK, ACK kept; the data and FINs not
+    assert f"{cap.over_cap} past the cap of 3 packets" in cap.losses()
+    assert "; lost: " in cap.filter_note and len(rdpcap(str(tmp_path / "cap.pcap"))) == 3
