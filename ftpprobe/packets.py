@@ -20,6 +20,7 @@ What is here:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ipaddress
@@ -289,16 +290,22 @@ ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 #: ``SOL_PACKET``, ``PACKET_STATISTICS`` (``packet(7)``): the packets the
 #: kernel filter passed and those dropped for a full receive buffer.
 SOL_PACKET, PACKET_STATISTICS = 263, 6
-#: ``SO_ATTACH_FILTER`` and ``SO_TIMESTAMPNS`` (``socket(7)``; Linux numbers).
+#: ``SO_ATTACH_FILTER`` and ``SO_TIMESTAMPNS`` (``socket(7)``; the numbers of
+#: Linux on x86 and ARM; the latter delivers a native ``struct timespec``).
 SO_ATTACH_FILTER, SO_TIMESTAMPNS = 26, 35
-#: Bytes kept of each packet (the kernel filter's snap length) and read at
-#: most: more than a GSO/GRO packet (64 KiB), less than a BIG TCP one can be
-#: (those are counted as truncated; their headers are still read).
+#: Bytes read of each packet at most: more than a GSO/GRO packet (64 KiB),
+#: less than a BIG TCP one can be (those are counted as cut short; their
+#: headers are still read).
 READ_SIZE = 1 << 18
+#: Seconds within which the same bytes seen on another interface are the
+#: same packet again (a bridge and its port), not a retransmission (whose IP
+#: ID or TCP timestamp differs, and which comes 200 ms or more later).
+DUPLICATE_WINDOW = 0.05
 #: Receive buffer asked for (the kernel caps it at ``net.core.rmem_max``).
 RECEIVE_BUFFER = 4 << 20
 #: Seconds :meth:`Capture.stop` reads what was queued before it was called.
 STOP_DRAIN = 0.5
+_ETHERTYPES = {4: ETH_P_IP, 6: ETH_P_IPV6}  # by IP version
 #: pcap link type of raw IP packets, IPv4 or IPv6 (no link-layer header).
 LINKTYPE_RAW = 101
 
@@ -317,9 +324,10 @@ def packet_filter(host: str, port: int | None = None, *, icmp: bool = False,
     from its IP header on; IPv4 or IPv6 by its version nibble).
 
     As tcpdump reads the expression: ``icmp`` keeps every IPv4 ICMP packet;
-    ports are read only from the first fragment of an IPv4 packet, and after
-    a fixed IPv6 header (no extension headers, as ``ip6 proto``).  Short or
-    non-IP packets are not kept.  Raises ``ValueError`` if ``host`` is not an
+    ports are read only from the first fragment of an IPv4 packet.  Unlike
+    tcpdump, which looks past one IPv6 fragment header, IPv6 ports are read
+    only right after the fixed header (TCP over IPv6 does not fragment).
+    Short or non-IP packets are not kept.  Raises ``ValueError`` if ``host`` is not an
     IP address.
     """
     wanted = ipaddress.ip_address(host).packed
@@ -352,9 +360,11 @@ def bpf_program(host: str, port: int | None = None, *, icmp: bool = False,
     datagram socket (offsets from the IP header; the EtherType from the
     kernel's ``SKF_AD_PROTOCOL``), so the kernel drops what is not kept
     before it costs a read: a list of ``(code, jt, jf, k)`` instructions
-    (``linux/filter.h``), returning :data:`READ_SIZE` bytes of a packet kept
-    and 0 otherwise.  Raises ``ValueError`` if ``host`` is not an IP address.
+    (``linux/filter.h``), returning the whole of a packet kept (so a read
+    can tell one longer than its buffer) and 0 otherwise; loopback's
+    outgoing copies are not kept.  Raises ``ValueError`` if ``host`` is not an IP address.
     """
+    WHOLE = 0xFFFFFFFF
     address = ipaddress.ip_address(host)
     words = struct.unpack(f"!{len(address.packed) // 4}I", address.packed)
     code: list[tuple] = []  # instructions, with label names for jump targets
@@ -368,7 +378,13 @@ def bpf_program(host: str, port: int | None = None, *, icmp: bool = False,
 
     LD_W, LD_H, LD_B, LD_H_IND, LDX_IHL = 0x20, 0x28, 0x30, 0x48, 0xB1
     JEQ, JSET, RET = 0x15, 0x45, 0x06
-    op(LD_W, 0xFFFFF000)  # SKF_AD_OFF + SKF_AD_PROTOCOL: the EtherType
+    SKF_AD_PROTOCOL, SKF_AD_PKTTYPE, SKF_AD_HATYPE = 0xFFFFF000, 0xFFFFF004, 0xFFFFF01C  # SKF_AD_OFF + n
+    op(LD_W, SKF_AD_PKTTYPE)  # loopback's outgoing copy of a packet: its incoming one follows
+    op(JEQ, PACKET_OUTGOING, None, "protocol")
+    op(LD_W, SKF_AD_HATYPE)
+    op(JEQ, ARPHRD_LOOPBACK, "drop", None)
+    label("protocol")
+    op(LD_W, SKF_AD_PROTOCOL)  # the EtherType
     op(JEQ, ETH_P_IP, "v4", None)
     op(JEQ, ETH_P_IPV6, "v6", "drop")
     label("v4")
@@ -382,13 +398,13 @@ def bpf_program(host: str, port: int | None = None, *, icmp: bool = False,
         op(JEQ, words[0], "v4 host", "drop")
         label("v4 host")
         if any_protocol:
-            op(RET, READ_SIZE)
+            op(RET, WHOLE)
         op(LD_B, 9)
         op(JEQ, 6, None, "drop")
         op(LD_H, 6)
         op(JSET, 0x1FFF, "drop", None)  # a later fragment: no ports to read
         if port is None:
-            op(RET, READ_SIZE)
+            op(RET, WHOLE)
         else:
             op(LDX_IHL, 0)
             op(LD_H_IND, 0)
@@ -407,11 +423,11 @@ def bpf_program(host: str, port: int | None = None, *, icmp: bool = False,
                 op(JEQ, word, "v6 host" if last else None, "v6 dst" if side == "src" else "drop")
         label("v6 host")
         if any_protocol:
-            op(RET, READ_SIZE)
+            op(RET, WHOLE)
         op(LD_B, 6)
         op(JEQ, 6, None, "drop")
         if port is None:
-            op(RET, READ_SIZE)
+            op(RET, WHOLE)
         else:
             op(LD_H, 40)
             op(JEQ, port, "keep", None)
@@ -420,7 +436,7 @@ def bpf_program(host: str, port: int | None = None, *, icmp: bool = False,
     label("drop")
     op(RET, 0)
     label("keep")
-    op(RET, READ_SIZE)
+    op(RET, WHOLE)
     program = []
     for i, (opcode, jt, jf, k) in enumerate(code):
         program.append((opcode, at[jt] - i - 1 if jt else 0, at[jf] - i - 1 if jf else 0, k))
@@ -434,18 +450,6 @@ def attach_bpf(sock: socket.socket, program: list[tuple[int, int, int, int]]) ->
     buffer = ctypes.create_string_buffer(raw, len(raw))
     fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))  # struct sock_fprog
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-def _flow(data: bytes) -> tuple:
-    """A raw IP packet's flow, one direction: addresses, protocol and, for
-    TCP and UDP (IPv4 first fragments, IPv6 without extension headers), ports."""
-    if data[0] >> 4 == 4:
-        proto, ends, ports_at = data[9], data[12:20], (data[0] & 0x0F) * 4
-        if struct.unpack_from("!H", data, 6)[0] & 0x1FFF:
-            return (ends, proto)
-    else:
-        proto, ends, ports_at = data[6], data[8:40], 40
-    return (ends, proto, data[ports_at:ports_at + 4]) if proto in (6, 17) else (ends, proto)
 
 
 class Capture:
@@ -463,13 +467,12 @@ class Capture:
     ``host``/``port``: the peer (``port`` None: any port); ``icmp``: also
     ICMP errors (for time-exceeded replies); ``any_protocol``: everything to
     or from ``host``; ``pcap``: write the packets to this file as they
-    arrive (pcap, raw IP).  A packet counts on the first interface its flow
-    (addresses, ports, direction) was seen on: a bridge and its port show
-    each packet twice, while a reply may come in on another interface than
-    its request left by; a loopback interface's outgoing copies are
-    skipped.  :meth:`start` and :meth:`stop` block briefly (an ``open``, a
-    thread ``join``); :attr:`segments` and :attr:`icmp_errors` grow while
-    it runs.  Raises :class:`CaptureError` from :meth:`start`.
+    arrive (pcap, raw IP).  A packet seen again on another interface within
+    :data:`DUPLICATE_WINDOW` (a bridge and its port show each packet twice)
+    counts once; a loopback interface's outgoing copies are skipped.
+    :meth:`start` and :meth:`stop` block briefly (an ``open``, a thread
+    ``join``); :attr:`segments` and :attr:`icmp_errors` grow while it runs.
+    Raises :class:`CaptureError` from :meth:`start`.
     """
 
     def __init__(self, host: str, port: int | None = None, *, icmp: bool = False, any_protocol: bool = False,
@@ -484,14 +487,14 @@ class Capture:
         self.kernel_filter = False
         self.error = ""
         self._keep = packet_filter(host, port, icmp=icmp, any_protocol=any_protocol)
-        self._flows: dict[tuple, str] = {}
+        self._recent: collections.deque[tuple[int, str, float]] = collections.deque(maxlen=64)
         self._socket: socket.socket | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
         self._writer = None
-        # Kernel receive times are wall-clock; the segments keep time.monotonic()'s scale.
-        self._to_monotonic = time.monotonic() - time.time()
+        # stop() and a reading thread that outlived it: whichever comes last closes.
+        self._lock = threading.Lock()
+        self._stopped = self._reader_done = self._abandoned = False
 
     @property
     def filter_note(self) -> str:
@@ -531,11 +534,15 @@ class Capture:
             try:
                 attach_bpf(sock, bpf_program(self.host, self.port, icmp=self.icmp, any_protocol=self.any_protocol))
                 self.kernel_filter = True
+                # Reading the statistics resets them: drops of the unfiltered moment before
+                # are not this capture's (what was queued then still meets packet_filter).
+                sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
             except OSError:
                 pass  # every packet then reaches packet_filter, which decides the same
-            self._thread = threading.Thread(target=self._read, args=(sock, self._wake[1]),
-                                            name="ftpprobe capture", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._read, args=(sock, self._wake[1]),
+                                      name="ftpprobe capture", daemon=True)
+            thread.start()
+            self._thread = thread
         except BaseException as exc:
             self.stop()
             if isinstance(exc, CaptureError):
@@ -547,11 +554,13 @@ class Capture:
 
     def _read(self, sock: socket.socket, wake: socket.socket) -> None:
         """The reading thread: every packet as it is queued, until woken by
-        :meth:`stop`; then what was queued by then (for :data:`STOP_DRAIN` s at most)."""
+        :meth:`stop`; then what was queued by then (for :data:`STOP_DRAIN` s
+        at most).  Closes the socket and file itself if :meth:`stop` gave up
+        waiting for it."""
         poller = select.poll()  # not select(): no FD_SETSIZE limit on the descriptor numbers
         poller.register(sock, select.POLLIN)
         poller.register(wake, select.POLLIN)
-        ancillary = socket.CMSG_SPACE(16)  # one struct timespec
+        ancillary = socket.CMSG_SPACE(struct.calcsize("ll"))  # one struct timespec
         until = None
         try:
             while until is None or time.monotonic() < until:
@@ -563,43 +572,54 @@ class Capture:
                     if until is not None:
                         return
                     continue
-                if self._stopped.is_set():
+                if self._stopped:
                     return
+                if address[1] != _ETHERTYPES.get(data[0] >> 4 if data else 0):
+                    continue  # not IP, or a frame whose EtherType and IP version disagree
                 when = None
                 for level, kind, value in ancdata:
-                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
-                        seconds, nanoseconds = struct.unpack_from("qq", value)
-                        when = seconds + nanoseconds / 1e9 + self._to_monotonic
-                if flags & socket.MSG_TRUNC:
-                    self.truncated += 1
-                if address[1] in (ETH_P_IP, ETH_P_IPV6):
-                    self.take(data, address[0], address[2], address[3], when)
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= struct.calcsize("ll"):
+                        seconds, nanoseconds = struct.unpack_from("ll", value)
+                        # Kernel times are wall-clock; the segments keep time.monotonic()'s scale.
+                        when = seconds + nanoseconds / 1e9 + time.monotonic() - time.time()
+                self.take(data, address[0], address[2], address[3], when, cut=bool(flags & socket.MSG_TRUNC))
         except Exception as exc:  # noqa: BLE001 -- said in filter_note, never lost silently
             self.error = str(exc) or type(exc).__name__
+        finally:
+            with self._lock:
+                self._reader_done = True
+                if self._abandoned:
+                    self._close(sock)
 
     def take(self, data: bytes, interface: str, pkttype: int = 0, hatype: int = 0,
-             when: float | None = None) -> None:
+             when: float | None = None, *, cut: bool = False) -> None:
         """Keep one IP packet (``bytes`` from its IP header on) read from
-        ``interface`` if it passes the filter and its flow was not seen on
-        another interface first.  ``pkttype``/``hatype``: its ``sll_pkttype``
-        and ``sll_hatype``; ``when``: its receive time (``time.monotonic()``
-        seconds; now when None).  Called by the reading thread."""
+        ``interface`` if it passes the filter and is not a copy of one just
+        seen on another interface.  ``pkttype``/``hatype``: its
+        ``sll_pkttype`` and ``sll_hatype``; ``when``: its receive time
+        (``time.monotonic()`` seconds; now when None); ``cut``: longer than
+        :data:`READ_SIZE`, and cut there.  Called by the reading thread."""
         if (hatype == ARPHRD_LOOPBACK and pkttype == PACKET_OUTGOING) or not self._keep(data):
             return
-        if self._flows.setdefault(_flow(data), interface) != interface:
+        when = time.monotonic() if when is None else when
+        digest = hash(data)
+        if any(d == digest and i != interface and abs(when - t) < DUPLICATE_WINDOW for d, i, t in self._recent):
             return
+        self._recent.append((digest, interface, when))
         self.interfaces.add(interface)
+        self.truncated += cut
         if self.packets >= MAX_PACKETS:
             self.over_cap += 1
             return
         self.packets += 1
-        when = time.monotonic() if when is None else when
         if self._writer is not None:
             try:
-                seconds = when - self._to_monotonic
+                seconds = when - time.monotonic() + time.time()
                 self._writer.write_packet(data, sec=int(seconds), usec=int(seconds % 1 * 1e6))
             except Exception:  # noqa: BLE001 -- a full disk ends the file, not the capture
                 self.write_errors += 1
+        if self._stopped:
+            return  # stop() gave up waiting while this packet was being written
         parsed = parse_ipv4(data, when)
         if isinstance(parsed, Segment):
             self.segments.append(parsed)
@@ -607,24 +627,34 @@ class Capture:
             self.icmp_errors.append(parsed)
 
     def stop(self) -> None:
-        """Read what is queued, stop the thread (joined within
-        :data:`STOP_WAIT` s; it keeps nothing after), close the socket and
-        the pcap file.  Never raises."""
-        sock, self._socket = self._socket, None
-        wake, self._wake = self._wake, None
+        """Read what is queued, stop the thread (waiting :data:`STOP_WAIT` s
+        at most), close the socket and the pcap file.  A thread still busy
+        then (a pcap file on a stalled pipe) keeps nothing more, closes them
+        itself, and is said in :attr:`error`.  Never raises."""
         thread, self._thread = self._thread, None
+        wake, self._wake = self._wake, None
         if wake is not None:
             with contextlib.suppress(OSError):
                 wake[0].send(b"x")
         if thread is not None:
             thread.join(STOP_WAIT)
-        self._stopped.set()
+        sock, self._socket = self._socket, None
+        with self._lock:
+            self._stopped = True
+            if thread is not None and not self._reader_done:
+                self._abandoned = True
+                self.error = self.error or f"the capture thread did not stop within {STOP_WAIT:g} s"
+            else:
+                self._close(sock)
+        for end in wake or ():
+            end.close()
+
+    def _close(self, sock: socket.socket | None) -> None:
+        """Read the kernel's drop count, close the socket and the pcap file."""
         if sock is not None:
             with contextlib.suppress(OSError, struct.error):
                 self.kernel_drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
             sock.close()
-        for end in wake or ():
-            end.close()
         writer, self._writer = self._writer, None
         if writer is not None:
             with contextlib.suppress(OSError):

@@ -128,20 +128,25 @@ def test_fragments_and_tso_packets_as_tcpdump_reads_them():
     assert len(parse_ipv4(bytes(big)).payload) == 1000
 
 
-def test_a_flow_counts_on_the_first_interface_it_was_seen_on():
+def test_a_packet_seen_again_on_another_interface_counts_once():
     cap = Capture(HOST, 21)
-    ours_out = bytes(IP(src="10.0.0.2", dst=HOST) / TCP(sport=40000, dport=21, flags="S"))
+    ours_out = bytes(IP(src="10.0.0.2", dst=HOST, id=7) / TCP(sport=40000, dport=21, flags="S"))
     ours_in = bytes(IP(src=HOST, dst="10.0.0.2") / TCP(sport=21, dport=40000, flags="SA"))
     forwarded = bytes(IP(src="192.168.1.5", dst=HOST) / TCP(sport=50000, dport=21, flags="S"))
-    cap.take(forwarded, "lan0")  # a LAN client's session to the same server, seen first on the LAN side
-    cap.take(ours_out, "br0", PACKET_OUTGOING)
-    cap.take(ours_out, "eth0", PACKET_OUTGOING)  # the bridge's port shows it again
-    cap.take(ours_in, "wan2")  # the reply comes back by another uplink
-    cap.take(ours_in, "br0")
+    cap.take(forwarded, "lan0", when=1.0)  # a LAN client's session to the same server, forwarded by this host
+    cap.take(ours_out, "br0", PACKET_OUTGOING, when=1.001)
+    cap.take(ours_out, "eth0", PACKET_OUTGOING, when=1.0011)  # the bridge's port shows it again
+    cap.take(ours_in, "wan2", when=1.02)  # the reply comes back by another uplink
+    cap.take(ours_in, "br0", when=1.0201)
     assert [(s.src, s.sport) for s in cap.segments] == [("192.168.1.5", 50000), ("10.0.0.2", 40000), (HOST, 21)]
     assert cap.interfaces == {"lan0", "br0", "wan2"} and cap.packets == 3
-    cap.take(ours_out, "lo", PACKET_OUTGOING, ARPHRD_LOOPBACK)  # loopback's outgoing copy
+    cap.take(ours_out, "lo", PACKET_OUTGOING, ARPHRD_LOOPBACK, when=1.03)  # loopback's outgoing copy
     assert cap.packets == 3
+    cap.take(ours_out, "br0", PACKET_OUTGOING, when=1.3)  # the same bytes sent again later: a retransmission
+    cap.take(ours_out, "wan2", PACKET_OUTGOING, when=1.6)  # and again, after a route change
+    assert cap.packets == 5 and cap.interfaces == {"lan0", "br0", "wan2"} and cap.losses() == ""
+    cap.take(ours_in, "wan2", when=2.0, cut=True)  # longer than a read: its headers kept, the loss said
+    assert cap.truncated == 1 and cap.losses() == "1 cut at 262144 bytes"
 
 
 def _icmp_echo(host: str) -> None:
@@ -274,3 +279,55 @@ def test_packets_past_the_cap_are_counted_and_said(monkeypatch, tmp_path):
     assert cap.packets == 3 and cap.over_cap >= 2  # SYN, SYN-ACK, ACK kept; the data and FINs not
     assert f"{cap.over_cap} past the cap of 3 packets" in cap.losses()
     assert "; lost: " in cap.filter_note and len(rdpcap(str(tmp_path / "cap.pcap"))) == 3
+
+
+def test_a_capture_whose_thread_cannot_start_says_so_and_closes_everything(monkeypatch, tmp_path):
+    import os
+
+    from ftpprobe.packets import CaptureError
+
+    if permission_problem() is not None:
+        pytest.skip(permission_problem())
+    before = sorted(os.listdir("/proc/self/fd"))
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    cap = Capture("127.0.0.1", 9, pcap=str(tmp_path / "x.pcap"))
+    with pytest.raises(CaptureError, match="can't start new thread"):
+        cap.start()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+@needs_capture
+def test_stop_gives_up_on_a_stalled_pcap_writer_and_the_thread_closes_it_later(monkeypatch):
+    import ftpprobe.packets
+
+    monkeypatch.setattr(ftpprobe.packets, "STOP_WAIT", 0.3)
+
+    class StalledWriter:  # a pcap file on a pipe nobody reads
+        def __init__(self):
+            self.release, self.closed = threading.Event(), False
+
+        def write_packet(self, *args, **kwargs):
+            self.release.wait(10)
+
+        def close(self):
+            self.closed = True
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    cap = Capture("127.0.0.1", listener.getsockname()[1])
+    cap.start()
+    writer = cap._writer = StalledWriter()
+    thread = cap._thread
+    with socket.create_connection(listener.getsockname()):
+        time.sleep(0.05)
+    began = time.monotonic()
+    cap.stop()
+    assert time.monotonic() - began < 1.0 and "did not stop within 0.3 s" in cap.filter_note
+    kept = list(cap.segments)
+    writer.release.set()
+    thread.join(5)
+    assert not thread.is_alive() and writer.closed and cap.segments == kept
+    listener.close()
