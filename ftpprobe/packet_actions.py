@@ -76,8 +76,7 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
     host, skipped = await _preconditions(ctx, probe, port)
     if skipped is not None:
         return skipped
-    # The capture starts once this probe has its session: it never runs (with
-    # every packet of the host to look at) while the probe waits its turn.
+    # The capture starts once this probe has its session, not while it waits its turn.
     try:
         async with ctx.session(login=probe.login) as s:
             async with capturing(host, port) as cap:

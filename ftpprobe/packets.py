@@ -287,6 +287,7 @@ def attribute_resets(segments: Sequence[Segment], peer: tuple[str, int], local: 
 PACKET_OUTGOING, ARPHRD_LOOPBACK = 4, 772
 #: The ``sll_protocol`` (EtherType) of IPv4 and IPv6 packets.
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+_ETHERTYPES = {4: ETH_P_IP, 6: ETH_P_IPV6}  # by IP version
 #: ``SOL_PACKET``, ``PACKET_STATISTICS`` (``packet(7)``): the packets the
 #: kernel filter passed and those dropped for a full receive buffer.
 SOL_PACKET, PACKET_STATISTICS = 263, 6
@@ -305,14 +306,13 @@ DUPLICATE_WINDOW = 0.05
 RECEIVE_BUFFER = 4 << 20
 #: Seconds :meth:`Capture.stop` reads what was queued before it was called.
 STOP_DRAIN = 0.5
-_ETHERTYPES = {4: ETH_P_IP, 6: ETH_P_IPV6}  # by IP version
 #: pcap link type of raw IP packets, IPv4 or IPv6 (no link-layer header).
 LINKTYPE_RAW = 101
 
 
 def bpf_filter(host: str, port: int | None = None, *, icmp: bool = False, any_protocol: bool = False) -> str:
     """The capture filter, in tcpdump syntax: TCP (or any protocol) to or from
-    ``host`` (and ``port``), plus ICMP errors when ``icmp``.  Names what
+    ``host`` (and ``port``), plus ICMP when ``icmp``.  Names what
     :func:`packet_filter` and :func:`bpf_program` keep."""
     main = f"host {host}" if any_protocol else f"tcp and host {host}" + (f" and port {port}" if port else "")
     return f"({main}) or icmp" if icmp else main
@@ -327,8 +327,8 @@ def packet_filter(host: str, port: int | None = None, *, icmp: bool = False,
     ports are read only from the first fragment of an IPv4 packet.  Unlike
     tcpdump, which looks past one IPv6 fragment header, IPv6 ports are read
     only right after the fixed header (TCP over IPv6 does not fragment).
-    Short or non-IP packets are not kept.  Raises ``ValueError`` if ``host`` is not an
-    IP address.
+    Short or non-IP packets are not kept.  Raises ``ValueError`` if ``host``
+    is not an IP address.
     """
     wanted = ipaddress.ip_address(host).packed
 
@@ -362,7 +362,8 @@ def bpf_program(host: str, port: int | None = None, *, icmp: bool = False,
     before it costs a read: a list of ``(code, jt, jf, k)`` instructions
     (``linux/filter.h``), returning the whole of a packet kept (so a read
     can tell one longer than its buffer) and 0 otherwise; loopback's
-    outgoing copies are not kept.  Raises ``ValueError`` if ``host`` is not an IP address.
+    outgoing copies are not kept.  Raises ``ValueError`` if ``host`` is not
+    an IP address.
     """
     WHOLE = 0xFFFFFFFF
     address = ipaddress.ip_address(host)
@@ -465,7 +466,7 @@ class Capture:
     file.
 
     ``host``/``port``: the peer (``port`` None: any port); ``icmp``: also
-    ICMP errors (for time-exceeded replies); ``any_protocol``: everything to
+    ICMP (for the time-exceeded replies of a TTL walk); ``any_protocol``: everything to
     or from ``host``; ``pcap``: write the packets to this file as they
     arrive (pcap, raw IP).  A packet seen again on another interface within
     :data:`DUPLICATE_WINDOW` (a bridge and its port show each packet twice)
