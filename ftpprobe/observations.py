@@ -583,7 +583,8 @@ class ResetCaptureObs(Observed):
     connection's ends (the capture's 4-tuple); ``peer_packets``: packets the
     peer sent on it that the capture saw (RSTs included); ``resets``: every
     RST that arrived from the peer's address, attributed; ``capture``: how
-    packets were captured (interface, filter).
+    packets were captured (interface, filter); ``lost``: what the capture
+    lost, in words ("" when nothing: :meth:`ftpprobe.packets.Capture.losses`).
     """
 
     exchange: Exchange | None = None
@@ -592,6 +593,7 @@ class ResetCaptureObs(Observed):
     peer_packets: int = 0
     resets: tuple[ResetSource, ...] = ()
     capture: str = ""
+    lost: str = ""
 
 
 HopState = Literal["as-sent", "rewritten", "partial", "not-quoted", "silent"]
@@ -625,7 +627,8 @@ class HopsObs(Observed):
     ACK came back; ``None`` if it never did within the bound);
     ``reflection``: what the reflector reported receiving; ``exchange``: the
     line and its reply; ``local``: our end; ``capture``: how packets were
-    captured; ``ttl_restored``: the socket's IP_TTL was set back afterwards.
+    captured; ``lost``: what the capture lost ("" when nothing);
+    ``ttl_restored``: the socket's IP_TTL was set back afterwards.
     """
 
     sent: bytes = b""
@@ -635,6 +638,7 @@ class HopsObs(Observed):
     exchange: Exchange | None = None
     local: Address | None = None
     capture: str = ""
+    lost: str = ""
     ttl_restored: bool = True
 
 

@@ -93,7 +93,8 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
     segments = cap.connection(local, peer)
     return ResetCaptureObs(probe.name, exchanges=exchanges, exchange=ex, local=local, peer=peer,
                            peer_packets=sum(1 for x in segments if (x.src, x.sport) == peer),
-                           resets=attribute_resets(segments, peer, local), capture=cap.filter_note)
+                           resets=attribute_resets(segments, peer, local), capture=cap.filter_note,
+                           lost=cap.losses())
 
 
 def quote_state(line: bytes, quoted: Quoted | None) -> str:
@@ -215,4 +216,4 @@ async def run_hops(ctx: ProbeContext, probe: Probe) -> HopsObs | Skipped:
         return Skipped(probe.name, reason=str(exc))
     return HopsObs(probe.name, exchanges=exchanges, sent=line, hops=tuple(hops),
                    reached_ttl=reached[0] if reached else None, reflection=_reflection(ex), exchange=ex,
-                   local=local, capture=cap.filter_note, ttl_restored=restored[0])
+                   local=local, capture=cap.filter_note, lost=cap.losses(), ttl_restored=restored[0])

@@ -79,10 +79,11 @@ def test_attribution_table():
     assert attribute_resets(PEER_OWN + [other], PEER, LOCAL) == ()
 
 
-def reset_obs(outcome="reset", resets=()):
+def reset_obs(outcome="reset", resets=(), lost=""):
     ex = Exchange(b"PORT 10,0,0,2,1,2\r\n", outcome,
                   reply=Reply(200, (b"200 ok",), b"200 ok\r\n") if outcome == "reply" else None)
-    return ResetCaptureObs("port-reset-source", exchange=ex, peer=PEER, local=LOCAL, peer_packets=3, resets=resets)
+    return ResetCaptureObs("port-reset-source", exchange=ex, peer=PEER, local=LOCAL, peer_packets=3, resets=resets,
+                           lost=lost)
 
 
 def rst(sender):
@@ -101,6 +102,12 @@ def test_reset_injected_table():
     assert injected(reset_obs("reply")).status == "absent"
     assert injected(reset_obs("timeout")).status == "inconclusive"  # never absent
     assert injected(reset_obs("reset")).status == "inconclusive"  # a reset the capture did not see
+    # A capture that lost packets cannot show that no middlebox reset: never absent, still present.
+    lost = "3 dropped by the kernel (receive buffer full)"
+    for absent in (reset_obs("reply", lost=lost), reset_obs(resets=(rst("peer"),), lost=lost)):
+        finding = injected(absent)
+        assert finding.status == "inconclusive" and lost in finding.evidence[-1]
+    assert injected(reset_obs(resets=(rst("middlebox"),), lost=lost)).status == "present"
     skipped = injected(Skipped("port-reset-source", reason="packet capture needs root or the CAP_NET_RAW capability"))
     assert skipped.status == "skipped" and "CAP_NET_RAW" in skipped.evidence[0]
 
@@ -131,3 +138,7 @@ def test_hop_reading():
     assert r.after_hop == 0 and "before hop 1" in r.lines[-1]
     r = hop_reading(hops_obs(Hop(1, "10.0.0.1", LINE, "as-sent"), arrived=LINE, reached=2))
     assert r.after_hop is None and r.between == ()
+    from dataclasses import replace
+
+    lossy = replace(hops_obs(Hop(1, "10.0.0.1", LINE, "as-sent"), Hop(2)), lost="2 dropped by the kernel")
+    assert any("the capture lost packets (2 dropped by the kernel)" in line for line in hop_reading(lossy).lines)

@@ -39,6 +39,7 @@ def reset_injected(seen: Seen) -> Finding:
     no RST; PORT answered or the peer closed        ``absent``
     no RST; PORT timed out                          ``inconclusive``: never absent
     no RST captured, yet the socket saw a reset     ``inconclusive`` (capture missed it)
+    an ``absent`` row, but the capture lost packets ``inconclusive``: a lost one may be a RST
     ==============================================  ===============================
     """
     quirk = "path.reset-injected"
@@ -50,6 +51,8 @@ def reset_injected(seen: Seen) -> Finding:
     evidence += [r.describe() for r in obs.resets]
     evidence.append(f"captured {obs.peer_packets} packet(s) from the peer {obs.peer[0]}:{obs.peer[1]}"
                     if obs.peer else "captured no connection")
+    if obs.capture:
+        evidence.append(f"capture: {obs.capture}")
     data = {"resets": [{"sender": r.sender, "ttl": r.ttl, "ip_id": r.ip_id, "window": r.window,
                         "peer_ttls": list(r.peer_ttls)} for r in obs.resets]}
     senders = {r.sender for r in obs.resets}
@@ -59,14 +62,25 @@ def reset_injected(seen: Seen) -> Finding:
                        "(it matched the PORT command): allow active-mode FTP in that device, or use passive mode",
                        data=data)
     if senders == {"peer"}:
-        return Finding(quirk, "absent", evidence + ["the reset came from the server itself"], data=data)
+        return _unless_lost(Finding(quirk, "absent", evidence + ["the reset came from the server itself"], data=data),
+                            obs)
     if senders:
         return Finding(quirk, "inconclusive", evidence, data=data)
     if ex.outcome == "reset":
         return Finding(quirk, "inconclusive", evidence + ["the connection was reset but no RST was captured"])
     if ex.outcome in ("reply", "closed"):
-        return Finding(quirk, "absent", evidence + ["no TCP reset on the control connection"])
+        return _unless_lost(Finding(quirk, "absent", evidence + ["no TCP reset on the control connection"]), obs)
     return Finding(quirk, "inconclusive", evidence + ["no answer is no proof that nothing resets"])
+
+
+def _unless_lost(finding: Finding, obs: ResetCaptureObs) -> Finding:
+    """``finding`` (``absent``), or ``inconclusive`` when the capture lost
+    packets: one of them may have been a middlebox's RST."""
+    if not obs.lost:
+        return finding
+    return Finding(finding.id, "inconclusive", [*finding.evidence, f"but the capture lost packets ({obs.lost}), "
+                                                "and one of them may have been a middlebox's reset"],
+                   data=finding.data)
 
 
 def reset_evidence(obs: Observation | None) -> list[str]:
@@ -119,6 +133,8 @@ def hop_reading(obs: HopsObs) -> HopReading:
         lines.append(f"reflector (TTL {obs.reached_ttl}): received '{escape(obs.reflection.arrived)}'")
     elif obs.reached_ttl is None:
         lines.append(f"the line did not reach the reflector within {len(obs.hops)} hops")
+    if obs.lost:
+        lines.append(f"the capture lost packets ({obs.lost}): a hop shown silent may have answered")
     first = next((i for i, v in enumerate(views) if v[2] == "rewritten"), None)
     if first is None:
         return HopReading(None, None, (), tuple(lines))
