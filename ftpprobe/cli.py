@@ -235,7 +235,7 @@ def main(debug: bool) -> None:
 @contextlib.contextmanager
 def _pcap(path: str | None, target: Target):
     """While the block runs, write every packet to or from ``target`` (control
-    and data connections) and every ICMP message to the pcap file ``path``
+    and data connections) and every IPv4 ICMP message to the pcap file ``path``
     (``--pcap``).
 
     Without root or CAP_NET_RAW it says so on stderr and the run

@@ -163,8 +163,9 @@ class DataOutcome:
 
     def describe(self) -> str:
         """One evidence line: where it went, and connected or why not."""
-        return f"data connection to {self.host} port {self.port}: " + (
-            "connected" if self.connected else f"failed ({self.error or 'no reason given'})")
+        where = f"data connection to {self.host} port {self.port}: "
+        error = self.error.removeprefix(where) or "no reason given"  # the connect's error may name it too
+        return where + ("connected" if self.connected else f"failed ({error})")
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ are ``skipped`` with that reason.
 What is here:
 
 * :class:`Capture`: the IP packets of one peer (one TCP peer and port, and
-  ICMP errors when asked; :func:`packet_filter`), optionally written to a
-  pcap file.  Every capture is stopped in a ``finally`` block and its thread
+  IPv4 ICMP when asked; :func:`packet_filter`, :func:`bpf_program`),
+  optionally written to a pcap file.  Every capture is stopped in a ``finally`` block and its thread
   joined with a bound.
 * Pure readings of raw IPv4 packets, testable without a network:
   :func:`parse_ipv4` (a TCP :class:`Segment`, or an :class:`IcmpError` with
@@ -466,7 +466,7 @@ class Capture:
     file.
 
     ``host``/``port``: the peer (``port`` None: any port); ``icmp``: also
-    ICMP (for the time-exceeded replies of a TTL walk); ``any_protocol``: everything to
+    IPv4 ICMP (for the time-exceeded replies of a TTL walk); ``any_protocol``: everything to
     or from ``host``; ``pcap``: write the packets to this file as they
     arrive (pcap, raw IP).  A packet seen again on another interface within
     :data:`DUPLICATE_WINDOW` (a bridge and its port show each packet twice)
@@ -499,13 +499,12 @@ class Capture:
 
     @property
     def filter_note(self) -> str:
-        """What was captured and how: the filter and where it ran, the
-        interfaces, the packets kept, and :meth:`losses`."""
+        """How packets were captured: the filter and where it ran, the
+        interfaces, the packets kept (what was lost: :meth:`losses`)."""
         text = bpf_filter(self.host, self.port, icmp=self.icmp, any_protocol=self.any_protocol)
         where = "in the kernel" if self.kernel_filter else "in Python (the kernel refused the BPF filter)"
         on = f"on {', '.join(sorted(self.interfaces))}" if self.interfaces else "(no packet matched)"
-        losses = self.losses()
-        return f"filter '{text}' {where} {on}: {self.packets} packets" + (f"; lost: {losses}" if losses else "")
+        return f"filter '{text}' {where} {on}: {self.packets} packets"
 
     def losses(self) -> str:
         """The packets (or bytes) the capture is missing, in words; "" when none."""
@@ -540,7 +539,7 @@ class Capture:
                 sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
             except OSError:
                 pass  # every packet then reaches packet_filter, which decides the same
-            thread = threading.Thread(target=self._read, args=(sock, self._wake[1]),
+            thread = threading.Thread(target=self._read, args=(sock, self._wake),
                                       name="ftpprobe capture", daemon=True)
             thread.start()
             self._thread = thread
@@ -553,37 +552,37 @@ class Capture:
                 raise CaptureError(f"cannot open a packet capture: {detail}") from None
             raise
 
-    def _read(self, sock: socket.socket, wake: socket.socket) -> None:
+    def _read(self, sock: socket.socket, wake: tuple[socket.socket, socket.socket]) -> None:
         """The reading thread: every packet as it is queued, until woken by
         :meth:`stop`; then what was queued by then (for :data:`STOP_DRAIN` s
-        at most).  Closes the socket and file itself if :meth:`stop` gave up
-        waiting for it."""
+        at most).  Closes the socket, the wake-up pair and the file itself if
+        :meth:`stop` gave up waiting for it."""
         poller = select.poll()  # not select(): no FD_SETSIZE limit on the descriptor numbers
         poller.register(sock, select.POLLIN)
-        poller.register(wake, select.POLLIN)
+        wake_fd = wake[1].fileno()
+        poller.register(wake_fd, select.POLLIN)
         ancillary = socket.CMSG_SPACE(struct.calcsize("ll"))  # one struct timespec
         until = None
         try:
             while until is None or time.monotonic() < until:
-                if until is None and any(fd == wake.fileno() for fd, _ in poller.poll()):
+                if until is None and any(fd == wake_fd for fd, _ in poller.poll()):
                     until = time.monotonic() + STOP_DRAIN
                 try:
                     data, ancdata, flags, address = sock.recvmsg(READ_SIZE, ancillary, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
-                    if until is not None:
+                    if until is not None or self._stopped:
                         return
                     continue
                 if self._stopped:
                     return
-                if address[1] != _ETHERTYPES.get(data[0] >> 4 if data else 0):
-                    continue  # not IP, or a frame whose EtherType and IP version disagree
                 when = None
                 for level, kind, value in ancdata:
                     if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= struct.calcsize("ll"):
                         seconds, nanoseconds = struct.unpack_from("ll", value)
                         # Kernel times are wall-clock; the segments keep time.monotonic()'s scale.
                         when = seconds + nanoseconds / 1e9 + time.monotonic() - time.time()
-                self.take(data, address[0], address[2], address[3], when, cut=bool(flags & socket.MSG_TRUNC))
+                self.take(data, address[0], address[2], address[3], when, protocol=address[1],
+                          cut=bool(flags & socket.MSG_TRUNC))
         except Exception as exc:  # noqa: BLE001 -- said in filter_note, never lost silently
             self.error = str(exc) or type(exc).__name__
         finally:
@@ -591,15 +590,21 @@ class Capture:
                 self._reader_done = True
                 if self._abandoned:
                     self._close(sock)
+                    for end in wake:
+                        end.close()
 
     def take(self, data: bytes, interface: str, pkttype: int = 0, hatype: int = 0,
-             when: float | None = None, *, cut: bool = False) -> None:
+             when: float | None = None, *, protocol: int | None = None, cut: bool = False) -> None:
         """Keep one IP packet (``bytes`` from its IP header on) read from
         ``interface`` if it passes the filter and is not a copy of one just
-        seen on another interface.  ``pkttype``/``hatype``: its
-        ``sll_pkttype`` and ``sll_hatype``; ``when``: its receive time
-        (``time.monotonic()`` seconds; now when None); ``cut``: longer than
-        :data:`READ_SIZE`, and cut there.  Called by the reading thread."""
+        seen on another interface.  ``pkttype``/``hatype``/``protocol``: its
+        ``sll_pkttype``, ``sll_hatype`` and ``sll_protocol`` (the EtherType,
+        which must agree with the IP version; None: not checked); ``when``:
+        its receive time (``time.monotonic()`` seconds; now when None);
+        ``cut``: longer than :data:`READ_SIZE`, and cut there.  Called by the
+        reading thread."""
+        if protocol is not None and protocol != _ETHERTYPES.get(data[0] >> 4 if data else 0):
+            return  # not IP, or a frame whose EtherType and IP version disagree
         if (hatype == ARPHRD_LOOPBACK and pkttype == PACKET_OUTGOING) or not self._keep(data):
             return
         when = time.monotonic() if when is None else when
@@ -643,10 +648,10 @@ class Capture:
         with self._lock:
             self._stopped = True
             if thread is not None and not self._reader_done:
-                self._abandoned = True
+                self._abandoned = True  # the thread closes the socket, the pair and the file
                 self.error = self.error or f"the capture thread did not stop within {STOP_WAIT:g} s"
-            else:
-                self._close(sock)
+                return
+            self._close(sock)
         for end in wake or ():
             end.close()
 

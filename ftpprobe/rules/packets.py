@@ -53,6 +53,8 @@ def reset_injected(seen: Seen) -> Finding:
                     if obs.peer else "captured no connection")
     if obs.capture:
         evidence.append(f"capture: {obs.capture}")
+    if obs.lost:
+        evidence.append(f"the capture lost packets: {obs.lost}")
     data = {"resets": [{"sender": r.sender, "ttl": r.ttl, "ip_id": r.ip_id, "window": r.window,
                         "peer_ttls": list(r.peer_ttls)} for r in obs.resets]}
     senders = {r.sender for r in obs.resets}
@@ -78,8 +80,8 @@ def _unless_lost(finding: Finding, obs: ResetCaptureObs) -> Finding:
     packets: one of them may have been a middlebox's RST."""
     if not obs.lost:
         return finding
-    return Finding(finding.id, "inconclusive", [*finding.evidence, f"but the capture lost packets ({obs.lost}), "
-                                                "and one of them may have been a middlebox's reset"],
+    return Finding(finding.id, "inconclusive",
+                   [*finding.evidence, "but a packet the capture lost may have been a middlebox's reset"],
                    data=finding.data)
 
 
