@@ -258,8 +258,9 @@ def _pcap(path: str | None, target: Target):
     finally:
         if cap is not None:
             cap.stop()
-            if cap.losses():
-                click.echo(f"ftpprobe: {path} is incomplete: {cap.losses()}", err=True)
+            lost = cap.losses()
+            if lost:
+                click.echo(f"ftpprobe: {path} is incomplete: {lost}", err=True)
 
 
 def pcap_option(fn):

@@ -392,6 +392,7 @@ ACTIONS: dict[str, Action] = {}
 #: map: it spreads over several sessions, and started first it would take them all.
 STARTS_FIRST: set[str] = set()
 
+
 def action(name: str, *, starts_first: bool = False) -> Callable[[Action], Action]:
     """Register an executor for the catalog's ``action = name``
     (``starts_first``: see :data:`STARTS_FIRST`)."""

@@ -561,7 +561,8 @@ class Capture:
         poller.register(sock, select.POLLIN)
         wake_fd = wake[1].fileno()
         poller.register(wake_fd, select.POLLIN)
-        ancillary = socket.CMSG_SPACE(struct.calcsize("ll"))  # one struct timespec
+        timespec = struct.calcsize("ll")  # a native struct timespec
+        ancillary = socket.CMSG_SPACE(timespec)
         until = None
         try:
             while until is None or time.monotonic() < until:
@@ -577,7 +578,7 @@ class Capture:
                     return
                 when = None
                 for level, kind, value in ancdata:
-                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= struct.calcsize("ll"):
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= timespec:
                         seconds, nanoseconds = struct.unpack_from("ll", value)
                         # Kernel times are wall-clock; the segments keep time.monotonic()'s scale.
                         when = seconds + nanoseconds / 1e9 + time.monotonic() - time.time()

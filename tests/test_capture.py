@@ -295,13 +295,12 @@ def test_packets_past_the_cap_are_counted_and_said(monkeypatch, tmp_path):
     assert cap.filter_note.endswith(": 3 packets") and len(rdpcap(str(tmp_path / "cap.pcap"))) == 3
 
 
+@needs_capture
 def test_a_capture_whose_thread_cannot_start_says_so_and_closes_everything(monkeypatch, tmp_path):
     import os
 
     from ftpprobe.packets import CaptureError
 
-    if permission_problem() is not None:
-        pytest.skip(permission_problem())
     before = sorted(os.listdir("/proc/self/fd"))
 
     def no_thread(self):
