@@ -52,7 +52,10 @@ def permission_problem() -> str | None:
     """``None`` if this process can capture packets, else why not (plain words).
 
     Decided by trying: an ``AF_PACKET`` raw socket opens only with root or
-    CAP_NET_RAW (``packet(7)``).  Cached for the process.
+    CAP_NET_RAW (``packet(7)``).  Cached for the process.  The trial socket
+    is closed in a thread of its own: closing a packet socket waits for the
+    kernel's RCU grace period (``synchronize_net``, 8-16 ms here), which
+    would hold up every probe of the caller's event loop.
     """
     try:
         probe = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -61,7 +64,7 @@ def permission_problem() -> str | None:
                 "setcap cap_net_raw+ep on the Python interpreter)")
     except (OSError, AttributeError) as exc:
         return f"packet capture is not available on this system ({exc})"
-    probe.close()
+    threading.Thread(target=probe.close, name="ftpprobe-permission-check", daemon=True).start()
     return None
 
 

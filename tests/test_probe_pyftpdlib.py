@@ -443,8 +443,8 @@ def test_settle_limit_decision_table():
 
 
 async def test_default_sessions_with_only_probes_that_need_a_slot_of_their_own(pyftpd):
-    """The session-limit probe leaves 8 logged-in spares and the limit is then
-    7: a probe that cannot use a spare (AUTH TLS before any login) still gets
+    """The session-limit probe leaves AUTO_SESSIONS logged-in spares and the
+    limit is then one lower: a probe that cannot use a spare (AUTH TLS before any login) still gets
     a slot at once, not at the deadline."""
     server = pyftpd(passive_ports=(52440, 52449))
     probes = [p for p in load_catalog(vantage="server") if p.name in ("session-limit", "auth-tls", "tls-versions")]
@@ -480,9 +480,10 @@ async def _run_watching_sessions(server) -> tuple:
 
 
 async def test_probes_never_hold_more_sessions_than_the_settled_limit(pyftpd, monkeypatch):
-    """The session-limit probe leaves 8 logged-in spares and the limit settles
-    at 7: the eighth is taken out before any probe starts (trio may start the
-    probes in either order), so no more than 7 probes hold a session at once."""
+    """The session-limit probe leaves AUTO_SESSIONS logged-in spares and the
+    limit settles one lower: the last spare is taken out before any probe
+    starts (trio may start the probes in either order), so no more than
+    AUTO_SESSIONS - 1 probes hold a session at once."""
     from ftpprobe.executors import ProbeContext
     from ftpprobe.runner import AUTO_SESSIONS
 
@@ -514,7 +515,7 @@ async def test_probes_never_hold_more_sessions_than_the_settled_limit(pyftpd, mo
 
 
 async def test_default_sessions_stay_within_a_per_address_limit(pyftpd):
-    """Without --max-sessions, the session-limit probe tries 8 at once; a
+    """Without --max-sessions, the session-limit probe tries 12 at once; a
     server that takes 5 per address refuses the sixth, and the other probes
     then hold 4 at most: none of theirs is refused."""
     server = pyftpd(passive_ports=(52400, 52419))
@@ -526,11 +527,15 @@ async def test_default_sessions_stay_within_a_per_address_limit(pyftpd):
     assert peak <= 5, peak  # the server's own limit: it refused none of them
 
 
-async def test_default_sessions_rise_where_the_server_takes_eight(pyftpd):
-    """No per-address limit: the session-limit probe holds 8 at once, and the
-    other probes may then use 7 (more than the default 4)."""
+async def test_default_sessions_rise_where_the_server_takes_them_all(pyftpd):
+    """No per-address limit: the session-limit probe holds AUTO_SESSIONS (12)
+    at once, and the other probes may then use one fewer (more than the
+    default 4)."""
+    from ftpprobe.runner import AUTO_SESSIONS
+
     server = pyftpd(passive_ports=(52420, 52439))
     report, limit, peak = await _run_watching_sessions(server)
     assert report.error == ""
-    assert limit.status == "absent" and limit.data["tested_up_to"] == 8, limit
-    assert 4 < peak <= 8, peak  # 7 (8 until one spare from the session-limit probe is closed)
+    assert limit.status == "absent" and limit.data["tested_up_to"] == AUTO_SESSIONS == 12, limit
+    # AUTO_SESSIONS - 1 (AUTO_SESSIONS until one spare of the session-limit probe is closed)
+    assert 4 < peak <= AUTO_SESSIONS, peak
