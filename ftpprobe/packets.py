@@ -64,7 +64,10 @@ def permission_problem() -> str | None:
                 "setcap cap_net_raw+ep on the Python interpreter)")
     except (OSError, AttributeError) as exc:
         return f"packet capture is not available on this system ({exc})"
-    threading.Thread(target=probe.close, name="ftpprobe-permission-check", daemon=True).start()
+    try:
+        threading.Thread(target=probe.close, name="ftpprobe-permission-check", daemon=True).start()
+    except RuntimeError:  # no thread to spare: close it here, slowly
+        probe.close()
     return None
 
 

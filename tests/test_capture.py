@@ -345,3 +345,28 @@ def test_stop_gives_up_on_a_stalled_pcap_writer_and_the_thread_closes_it_later(m
     writer.release.set()
     thread.join(2)  # with no packet left to read, it must still notice the stop
     assert not thread.is_alive() and writer.closed and cap.packets == 1
+
+
+@needs_capture
+def test_the_permission_check_closes_its_trial_socket_off_the_callers_thread(monkeypatch):
+    """Closing a packet socket waits for an RCU grace period, so the check
+    hands the close to a thread; with no thread to spare it closes the socket
+    itself.  Either way no descriptor stays open."""
+    import os
+
+    from ftpprobe.packets import permission_problem
+
+    check = permission_problem.__wrapped__  # past the process-wide cache
+    before = sorted(os.listdir("/proc/self/fd"))
+    assert check() is None
+    deadline = time.monotonic() + 2
+    while sorted(os.listdir("/proc/self/fd")) != before and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    assert check() is None
+    assert sorted(os.listdir("/proc/self/fd")) == before
