@@ -7,7 +7,7 @@ its observation decides.  Keys::
     summary     = "PASV ended by a bare LF" # one line for `ftpprobe probes`
     action      = "command"                # the executor (ftpprobe.executors.ACTIONS)
     login       = true                     # log in before the probe's command
-    exclusive   = false                    # run alone, before the others
+    exclusive   = false                    # run before the others, one by one
     vantage     = "server"                 # "server": any FTP server; "reflector": needs `ftpprobe reflect`
     decides     = ["server.bare-lf-rejected"]
     [command]                              # for actions that send one line

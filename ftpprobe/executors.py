@@ -127,6 +127,14 @@ class ProbeContext:
     #: a session of this run sent PASS inside TLS (FTPS targets, and the ``tls`` probe)
     password_sent_in_tls: bool = False
     pasv_samples: list[PassiveSample] = field(default_factory=list)
+    #: A probe running beside the session-limit count (the packet capture)
+    #: has sent PORT: the server may hold a data connection of ours, which
+    #: some servers count against their session limit.
+    data_connection_invited: bool = False
+    #: Set once every session of the session-limit count has been greeted or
+    #: refused (``None``: no count runs beside the probes that start first).
+    #: The packet capture waits for it before its PORT.
+    count_greeted: trio.Event | None = None
     #: Probes run one after another in one logged-in session where they can
     #: (``check``: a site's quick probes leave the session clean): a session
     #: left answered and fully read goes back as the spare instead of QUIT.
@@ -385,7 +393,9 @@ ACTIONS: dict[str, Action] = {}
 
 
 #: Actions that hold one session longest (a packet capture lingering for a
-#: late reset): the runner starts them first and the short probes fill the
+#: late reset): the runner starts them right after the preflight, on its
+#: session and beside the session-limit count (see
+#: :func:`run_session_limit`), and the short probes fill the
 #: other sessions around them (longest first keeps a run close to its slowest
 #: probe).  Only actions that ask for their session before their first wait
 #: gain by it (not the TTL walk: its capture starts first).  Not the passive
@@ -727,7 +737,14 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
     in), the sessions are closed and opened again one after another,
     stopping at the first refusal.
 
-    Runs alone (``exclusive``), so the count is this prober's only.  Bypasses
+    Runs before the other probes (``exclusive``), beside only those that
+    start first (the packet capture: its session counts as held).  A server
+    may count a data connection against its limit (pyftpdlib's ``max_cons``
+    does), so the capture sends its PORT only once every session of the
+    count has been greeted or refused (:attr:`ProbeContext.count_greeted`):
+    a limit enforced at the greeting is counted exactly.  A refusal at the
+    login after that PORT went out is marked ``beside_data`` (the server may
+    allow one session more).  Bypasses
     the limiter on purpose (finding the limit is the point), but never has
     more than ``ctx.max_sessions`` sessions open at the server, the ones this
     run already holds (the preflight's spare) included.  When none was
@@ -741,14 +758,23 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
     outcomes: dict[int, tuple[RefusalKind, str] | None] = {}
     at_login: list[int] = []  # refused after the greeting: judged with the others connected
     logged_in: list[ControlSession] = []
+    to_greet = [wanted - held]
+
+    def past_greeting() -> None:
+        to_greet[0] -= 1
+        if to_greet[0] <= 0 and ctx.count_greeted is not None:
+            ctx.count_greeted.set()
 
     async def one(i: int) -> bool:
         s: ControlSession | None = None
         greeted = False
         try:
-            s = await ControlSession.open(ctx.target.host, ctx.target.port, ctx.timeout, address=ctx._address)
-            sessions.append(s)
-            greeting = await s.greet()
+            try:
+                s = await ControlSession.open(ctx.target.host, ctx.target.port, ctx.timeout, address=ctx._address)
+                sessions.append(s)
+                greeting = await s.greet()
+            finally:
+                past_greeting()
             if greeting.code != 220:
                 outcomes[i] = (refusal_kind(greeting), f"session {i + 1}: {greeting.display(120)}")
                 return False
@@ -772,6 +798,8 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
         sessions.clear()
         logged_in.clear()
 
+    if to_greet[0] <= 0 and ctx.count_greeted is not None:
+        ctx.count_greeted.set()
     try:
         # All at once (never more than max_sessions with the ones this run holds):
         # a server that counts at the greeting refuses exactly those over its limit.
@@ -796,7 +824,7 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
     accepted = held + sum(1 for o in outcomes.values() if o is None)
     refusal, refusal_text = refused[0] if refused else (None, "")
     return SessionLimitObs(probe.name, tried=wanted, held=held, accepted=accepted, refusal=refusal,
-                           refusal_text=refusal_text)
+                           refusal_text=refusal_text, beside_data=bool(at_login) and ctx.data_connection_invited)
 
 
 #: Samples per ``pasv-map`` session (fewer sessions for fewer samples).

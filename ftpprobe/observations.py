@@ -458,7 +458,10 @@ class SessionLimitObs(Observed):
     sessions open at once, ``held`` included; ``refusal``: how the next one
     failed (``421``; ``too-many``: a reply that says so in words; or a
     timeout, reset, close, connect failure, which show no limit);
-    ``refusal_text``: its evidence.
+    ``refusal_text``: its evidence; ``beside_data``: a session was refused
+    at its login after a probe running beside the count (the packet
+    capture) had sent PORT, so a server that counts data connections
+    against its limit may allow one session more than ``accepted``.
     """
 
     tried: int = 0
@@ -466,6 +469,7 @@ class SessionLimitObs(Observed):
     accepted: int = 0
     refusal: RefusalKind | None = None
     refusal_text: str = ""
+    beside_data: bool = False
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,10 @@ async def run_reset_capture(ctx: ProbeContext, probe: Probe) -> ResetCaptureObs 
                 await s.exchange(Command("NOOP"))
                 async with ActiveListener(local[0]) as listener:
                     cmd = replace_argument(probe.command, encode_port(s.local_address, listener.port))
+                    if ctx.count_greeted is not None:
+                        # A data connection may count against a session limit being counted.
+                        await ctx.count_greeted.wait()
+                    ctx.data_connection_invited = True
                     ex = await s.exchange(cmd)
                 await trio.sleep(LINGER)
                 exchanges = _evidence_exchanges(s)

@@ -1,10 +1,12 @@
 """Run a set of probes against one target and produce a :class:`ProbeReport`.
 
 Order: a preflight session (connect, greet, log in: the errors that make a
-run fail with exit code 3), then ``exclusive`` probes one by one (the session
-limit), then every other probe at once, each in its own control session,
-bounded by the context's session limiter.  The whole run is bounded by
-``deadline`` seconds.
+run fail with exit code 3); then the probes that start first (the packet
+capture, :data:`~ftpprobe.executors.STARTS_FIRST`) beside the ``exclusive``
+probes, which run one by one (the session-limit count: see
+:func:`~ftpprobe.executors.run_session_limit`); then every other probe at once, each in its own control session, bounded by
+the context's session limiter.  The whole run is bounded by ``deadline``
+seconds.
 """
 
 from __future__ import annotations
@@ -207,36 +209,43 @@ async def run_probes(target: Target, *, probes: list[Probe] | None = None, timeo
             report.peer = str(s.peer_address)
             progress(f"connected to {report.peer}, logged in as {target.user}")
 
-            limit_seen: Observation | None = None
-            for probe in (p for p in probes if p.exclusive):
-                phase = f"{probe.name} probe"
-                observations[probe.name] = await _observe(ctx, probe)
-                if probe.action == "session-limit":
-                    limit_seen = observations[probe.name]
-            _settle_limit(ctx, limit_seen, auto=auto)
-            excess = ctx.take_excess_spares()  # before any probe can take a spare
-
-            phase = "probes"
+            exclusive = [p for p in probes if p.exclusive]
             rest = [p for p in probes if not p.exclusive]
-            if reuse_sessions and ctx.limiter.total_tokens == 1:
-                # One session at a time, handed from probe to probe: in turn,
-                # no task, nursery or wait per probe (check's quick probes).
-                await ctx.close_spares(excess)
-                for probe in rest:
-                    observations[probe.name] = await _observe(ctx, probe)
-            else:
-                async with trio.open_nursery() as nursery:
+            # The longest probes (the packet capture) start now, on the
+            # preflight's session, beside the session-limit count.
+            first = [p for p in rest if p.action in STARTS_FIRST]
+            later = [p for p in rest if p not in first]
+            if first and exclusive:
+                ctx.count_greeted = trio.Event()
+            async with trio.open_nursery() as nursery:
+                for probe in first:
+                    nursery.start_soon(_observe_into, ctx, probe, observations)
+                if first:
+                    # One scheduling step: they take their sessions before any other probe.
+                    await trio.lowlevel.checkpoint()
+                try:
+                    for probe in exclusive:
+                        phase = f"{probe.name} probe"
+                        observations[probe.name] = await _observe(ctx, probe)
+                finally:
+                    if ctx.count_greeted is not None:
+                        ctx.count_greeted.set()  # whatever became of the count
+                limit_seen = next((observations[p.name] for p in exclusive if p.action == "session-limit"), None)
+                _settle_limit(ctx, limit_seen, auto=auto)
+                excess = ctx.take_excess_spares()  # before any later probe can take a spare
+
+                phase = "probes"
+                if reuse_sessions and ctx.limiter.total_tokens == 1:
+                    # One session at a time, handed from probe to probe: in turn,
+                    # no task, nursery or wait per probe (check's quick probes).
+                    await ctx.close_spares(excess)
+                    for probe in later:
+                        observations[probe.name] = await _observe(ctx, probe)
+                else:
                     # The spares beyond the settled limit close while the probes start.
                     nursery.start_soon(ctx.close_spares, excess)
-                    first = [p for p in rest if p.action in STARTS_FIRST]
-                    for probe in first:
+                    for probe in later:
                         nursery.start_soon(_observe_into, ctx, probe, observations)
-                    if first:
-                        # One scheduling step: they queue for sessions before the others.
-                        await trio.lowlevel.checkpoint()
-                    for probe in rest:
-                        if probe not in first:
-                            nursery.start_soon(_observe_into, ctx, probe, observations)
     finally:
         with trio.CancelScope(shield=True):
             await ctx.aclose()

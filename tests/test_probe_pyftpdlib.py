@@ -6,12 +6,14 @@ import socket
 import time
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 
 from ftpprobe.catalog import load_catalog
 from ftpprobe.executors import SAMPLES_PER_SESSION
 from ftpprobe.observations import Failed
+from ftpprobe.packets import permission_problem
 from ftpprobe.rules import RULES
 from ftpprobe.runner import run_probes
 from ftpprobe.target import Target
@@ -539,3 +541,41 @@ async def test_default_sessions_rise_where_the_server_takes_them_all(pyftpd):
     assert limit.status == "absent" and limit.data["tested_up_to"] == AUTO_SESSIONS == 12, limit
     # AUTO_SESSIONS - 1 (AUTO_SESSIONS until one spare of the session-limit probe is closed)
     assert 4 < peak <= AUTO_SESSIONS, peak
+
+
+@pytest.mark.skipif(permission_problem() is not None, reason=str(permission_problem()))
+async def test_the_packet_capture_sends_port_only_once_the_session_count_is_greeted(pyftpd):
+    """The reset capture starts beside the session-limit count, on the
+    preflight's session, but sends its PORT (a data connection pyftpdlib
+    counts against max_cons) only once every session of the count has been
+    greeted or refused: the limit is counted exactly, run after run."""
+    from ftpprobe.observations import ResetCaptureObs
+
+    server = pyftpd(passive_ports=(52460, 52469), max_cons=5)
+    handler = server._server.handler
+    events: list[str] = []
+    handle, refuse, port = handler.handle, handler.handle_max_cons, handler.ftp_PORT
+
+    def taken(self):
+        events.append("connect")
+        return handle(self)
+
+    def refused(self):
+        events.append("connect")
+        return refuse(self)
+
+    def seen_port(self, line):
+        events.append("PORT")
+        return port(self, line)
+
+    handler.handle, handler.handle_max_cons, handler.ftp_PORT = taken, refused, seen_port
+    probes = [p for p in load_catalog(vantage="server") if p.name in ("session-limit", "port-reset-source")]
+    for _ in range(5):
+        events.clear()
+        report = await run_probes(target_of(server), probes=probes, timeout=1.5, max_sessions=8)
+        assert isinstance(report.observations["port-reset-source"], ResetCaptureObs), report.observations
+        limit = report.observations["session-limit"]
+        # pyftpdlib counts its listening socket against max_cons: 5 allows 4 sessions.
+        assert (limit.accepted, limit.refusal, limit.beside_data) == (4, "421", False), limit
+        # the preflight's connection, the count's eight (1 held + 7 tried), then the PORT
+        assert events == ["connect"] * 8 + ["PORT"], events

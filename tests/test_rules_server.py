@@ -461,7 +461,10 @@ def test_list_unparseable_shared_outcomes():
     (dict(tried=8, accepted=4, refusal="other-reply", refusal_text="530 Login incorrect"), "inconclusive",
      "530 Login incorrect"),
     (dict(tried=8, accepted=5), "inconclusive", "no refusal seen"),
-], ids=["421", "too-many", "all-accepted", "timeout", "reset", "closed", "connect", "other-reply", "short"])
+    (dict(tried=12, held=1, accepted=3, refusal="too-many", refusal_text="530 Too many users", beside_data=True),
+     "present", "may allow one session more"),
+], ids=["421", "too-many", "all-accepted", "timeout", "reset", "closed", "connect", "other-reply", "short",
+        "beside-a-data-connection"])
 def test_connection_limit(fields, status, phrase):
     finding = run("server.connection-limit", SessionLimitObs("session-limit", **fields))
     assert finding.status == status

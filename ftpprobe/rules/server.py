@@ -658,6 +658,10 @@ def connection_limit(seen: Seen) -> Finding:
     every session accepted (``tried`` of them)    ``absent``: no limit up to N sessions
     fewer accepted than tried, no refusal         ``inconclusive``
     ============================================  ==========================================
+
+    A count refused at a login after the packet capture, running beside it,
+    had sent PORT (``beside_data``) keeps its status and says the server
+    may allow one session more (a data connection of ours may have counted).
     """
     quirk = "server.connection-limit"
     obs = seen.get("session-limit")
@@ -665,9 +669,12 @@ def connection_limit(seen: Seen) -> Finding:
         return _no_command(quirk, "session-limit")
     evidence = [f"{obs.accepted} of {obs.tried} concurrent sessions open at once"
                 + (f" ({obs.held} of them held by this run)" if obs.held else "")]
+    beside = ["a login was refused after a PORT of this run's packet capture went out: a server that "
+              "counts data connections against its limit may allow one session more"
+              ] if obs.beside_data else []
     if obs.refusal in ("421", "too-many"):
         evidence.append(f"session {obs.accepted + 1} was refused: {obs.refusal_text or obs.refusal}")
-        return Finding(quirk, "present", evidence,
+        return Finding(quirk, "present", evidence + beside,
                        f"the server allows {obs.accepted} concurrent session(s) from here; clients that open a "
                        "session per transfer, or several users behind one address, get 421: raise the limit if "
                        f"that is not intended ({LIMIT_OPTIONS})", data={"limit": obs.accepted})
@@ -676,11 +683,11 @@ def connection_limit(seen: Seen) -> Finding:
                 "closed": "was closed", "connect": "could not connect"}.get(obs.refusal, obs.refusal)
         evidence.append(f"session {obs.accepted + 1} {what}"
                         + (f": {obs.refusal_text}" if obs.refusal_text else ""))
-        return Finding(quirk, "inconclusive", evidence + [
+        return Finding(quirk, "inconclusive", evidence + beside + [
             "only a 421 or a 'too many' reply shows a limit; this may be loss, a rate limit or a firewall"],
                        data={"accepted": obs.accepted})
     if obs.tried and obs.accepted >= obs.tried:
         evidence.append(f"no limit up to {obs.tried} sessions (the most this run opens)")
         return Finding(quirk, "absent", evidence, data={"limit": None, "tested_up_to": obs.tried})
-    return Finding(quirk, "inconclusive", evidence + ["fewer sessions opened than wanted, and no refusal seen"],
+    return Finding(quirk, "inconclusive", evidence + beside + ["fewer sessions opened than wanted, and no refusal seen"],
                    data={"accepted": obs.accepted})
