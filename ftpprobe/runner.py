@@ -4,9 +4,9 @@ Order: a preflight session (connect, greet, log in: the errors that make a
 run fail with exit code 3); then the probes that start first (the packet
 capture, :data:`~ftpprobe.executors.STARTS_FIRST`) beside the ``exclusive``
 probes, which run one by one (the session-limit count: see
-:func:`~ftpprobe.executors.run_session_limit`); then every other probe at once, each in its own control session, bounded by
-the context's session limiter.  The whole run is bounded by ``deadline``
-seconds.
+:func:`~ftpprobe.executors.run_session_limit`); then every other probe at
+once, each in its own control session, bounded by the context's session
+limiter.  The whole run is bounded by ``deadline`` seconds.
 """
 
 from __future__ import annotations
