@@ -132,8 +132,9 @@ class ProbeContext:
     #: some servers count against their session limit.
     data_connection_invited: bool = False
     #: Set once every session of the session-limit count has been greeted or
-    #: refused (``None``: no count runs beside the probes that start first).
-    #: The packet capture waits for it before its PORT.
+    #: refused, or the count ended (a count with no session to open: the
+    #: runner sets it then); ``None``: no count runs beside the probes that
+    #: start first.  The packet capture waits for it before its PORT.
     count_greeted: trio.Event | None = None
     #: Probes run one after another in one logged-in session where they can
     #: (``check``: a site's quick probes leave the session clean): a session
@@ -758,11 +759,12 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
     outcomes: dict[int, tuple[RefusalKind, str] | None] = {}
     at_login: list[int] = []  # refused after the greeting: judged with the others connected
     logged_in: list[ControlSession] = []
-    to_greet = [wanted - held]
+    to_greet = wanted - held  # sessions of the concurrent count not yet greeted or refused
 
     def past_greeting() -> None:
-        to_greet[0] -= 1
-        if to_greet[0] <= 0 and ctx.count_greeted is not None:
+        nonlocal to_greet
+        to_greet -= 1
+        if to_greet <= 0 and ctx.count_greeted is not None:
             ctx.count_greeted.set()
 
     async def one(i: int) -> bool:
@@ -798,8 +800,6 @@ async def run_session_limit(ctx: ProbeContext, probe: Probe) -> SessionLimitObs:
         sessions.clear()
         logged_in.clear()
 
-    if to_greet[0] <= 0 and ctx.count_greeted is not None:
-        ctx.count_greeted.set()
     try:
         # All at once (never more than max_sessions with the ones this run holds):
         # a server that counts at the greeting refuses exactly those over its limit.
